@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | bench
+# Everything is installed by this script: Debian packages (with apt-get, as root or via sudo),
+# a virtual environment in .venv with the pinned Python dependencies, and the
+# .collections/ansible_collections/exliar/vfio link that lets Ansible load the collection from the clone.
+set -euo pipefail
+cd "$(dirname "$0")"
+HERE=$PWD
+VENV=$HERE/.venv
+# Debian packages the tiers need: lspci for the sysroot checks, pci.ids for device names,
+# shellcheck for ansible-test sanity, python3-venv for the virtual environment.
+APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids shellcheck git)
+
+log() { printf '\n== %s\n' "$*"; }
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "installing Debian packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+setup() {
+    apt_install "${APT_PACKAGES[@]}"
+    local stamp=$VENV/.requirements.sha256
+    local want
+    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "creating the virtual environment (.venv)"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -r requirements.txt
+        echo "$want" > "$stamp"
+    fi
+    mkdir -p .collections/ansible_collections/exliar
+    ln -sfn ../../.. .collections/ansible_collections/exliar/vfio
+    "$VENV/bin/python" lab/build_sysroot.py --all >/dev/null
+}
+
+export PATH="$VENV/bin:$PATH"
+export ANSIBLE_CONFIG="$HERE/ansible.cfg"
+export ANSIBLE_COLLECTIONS_PATH="$HERE/.collections"
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo)
+        setup
+        log "detecting every host of the built-in lab (lab/inventory.yml)"
+        ansible-playbook playbooks/vfio.yml "$@"
+        ;;
+    lint) setup; ansible-lint --profile production --offline "$@" ;;
+    sanity) setup; bash tests/ansible-test.sh sanity --python 3.11 --local "$@" ;;
+    unit) setup; pytest tests/unit "$@" ;;
+    integration) setup; pytest tests/integration "$@" ;;
+    bench) setup; python tests/bench/run.py "$@" ;;
+    test)
+        setup
+        log "unit and sysroot integration tests (pytest)"
+        pytest tests/unit tests/integration "$@"
+        log "ansible-lint --profile production"
+        ansible-lint --profile production --offline
+        log "ansible-test sanity"
+        bash tests/ansible-test.sh sanity --python 3.11 --local
+        log "all tests passed"
+        ;;
+    *) sed -n '2,5p' "$0"; exit 2 ;;
+esac

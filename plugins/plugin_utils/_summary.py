@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+# Copyright: exliar.vfio contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A person-readable per-host summary of ``ansible_facts.vfio`` (used by the summary callback)."""
+from __future__ import annotations
+
+
+def _dev_label(dev: dict) -> str:
+    name = dev.get("device_name") or "unknown device"
+    ids = f"{dev.get('vendor_id')}:{dev.get('device_id')}"
+    return f"{name} [{ids}]"
+
+
+def _yes_no(value, yes="yes", no="no", unknown="unknown") -> str:
+    return unknown if value is None else yes if value else no
+
+
+def render_host(host: str, facts: dict) -> list:
+    """Lines describing one host: system, IOMMU (and what to fix), boot, GPUs and verdicts."""
+    lines = [host]
+    sysinfo = facts.get("system") or {}
+    dist = sysinfo.get("distribution") or {}
+    cpu = sysinfo.get("cpu") or {}
+    boot = sysinfo.get("boot") or {}
+    mach = sysinfo.get("machine") or {}
+    kernel = (sysinfo.get("kernel") or {}).get("running")
+    lines.append(
+        f"  system     {dist.get('pretty_name') or dist.get('name') or 'unknown distribution'}, kernel {kernel or '?'}, "
+        f"{cpu.get('vendor') or '?'} CPU (virtualization {cpu.get('virtualization_flag') or 'off'}), "
+        f"{(boot.get('mode') or '?').upper()}"
+        + (f", Secure Boot {_yes_no(boot.get('secure_boot'), 'on', 'off')}" if boot.get("mode") == "uefi" else "")
+        + (", laptop" if mach.get("laptop") else ""))
+    io = facts.get("iommu") or {}
+    if io.get("enabled"):
+        lines.append(f"  iommu      on ({io.get('type') or '?'}, {io.get('groups_count')} groups, interrupt remapping "
+                     f"{_yes_no(io.get('interrupt_remapping'))})")
+    else:
+        lines.append("  iommu      OFF")
+    for p in io.get("problems") or []:
+        lines.append(f"    ! {p['what']}")
+        lines.append(f"      fix: {p['fix']}")
+    bl = (facts.get("bootloader") or {}).get("name")
+    ir = (facts.get("initramfs") or {}).get("name")
+    lines.append(f"  boot       bootloader {bl or 'UNKNOWN'}, initramfs {ir or 'UNKNOWN'}, vfio modules "
+                 f"{'ready' if (facts.get('vfio_modules') or {}).get('ready') else 'MISSING for some kernel'}")
+    devices = {d["address"]: d for d in facts.get("pci_devices") or []}
+    gpus = facts.get("gpus") or []
+    if not gpus:
+        lines.append("  gpus       none")
+    for g in gpus:
+        tags = [g.get("kind") or "?"]
+        if g.get("bmc"):
+            tags.append("BMC")
+        if g.get("boot_vga"):
+            tags.append("boot display")
+        lines.append(f"  gpu        {g['address']} {_dev_label(g)} ({', '.join(tags)}), driver {g.get('driver') or 'none'}")
+        for c in g.get("companions") or []:
+            d = devices.get(c, {})
+            grp = d.get("iommu_group")
+            other = "" if grp == g.get("iommu_group") else f", group {grp}"
+            lines.append(f"               + {c} {_dev_label(d)}{other}")
+        if g.get("identical_to"):
+            lines.append(f"               identical to {', '.join(g['identical_to'])}: select by address")
+        if g.get("group_viable") is None:
+            lines.append("               group: none (IOMMU off)")
+        elif g["group_viable"]:
+            lines.append(f"               group {g.get('iommu_group')}: viable for passthrough")
+        else:
+            lines.append(f"               group {g.get('iommu_group')}: NOT viable, shared with:")
+            for b in g.get("group_blockers") or []:
+                lines.append(f"                 - {b} {_dev_label(devices.get(b, {}))}")
+    for w in facts.get("warnings") or []:
+        lines.append(f"  warning    {w}")
+    return lines
+
+
+def render_summary(results: dict) -> str:
+    """``results``: host -> {"facts": dict or None, "failed": message or None}."""
+    out = []
+    for host in sorted(results):
+        r = results[host]
+        if r.get("facts"):
+            out.extend(render_host(host, r["facts"]))
+        if r.get("failed"):
+            if not r.get("facts"):
+                out.append(host)
+            out.append(f"  FAILED     {r['failed']}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
