@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 HERE=$PWD
 VENV=$HERE/.venv
 # Debian packages the tiers need: lspci for the sysroot checks, pci.ids for device names,
-# shellcheck for ansible-test sanity, python3-venv for the virtual environment.
+# the ShellCheck linter for ansible-test sanity, python3-venv for the virtual environment.
 APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids shellcheck git)
 
 log() { printf '\n== %s\n' "$*"; }

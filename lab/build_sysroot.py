@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build host sysroots from real-machine profiles (see docs/profiles.md).
 
 The tree is laid out the way a running kernel lays out sysfs, so both our detection and

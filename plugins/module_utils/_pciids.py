@@ -42,7 +42,7 @@ def lookup_names(fs, ids) -> dict:
             if line.startswith("C "):
                 break
             if not line.startswith("\t"):
-                code, _, name = line.partition("  ")
+                code, _sep, name = line.partition("  ")
                 code = code.strip().lower()
                 if code in wanted:
                     vendor, vendor_name = code, name.strip()
@@ -53,7 +53,7 @@ def lookup_names(fs, ids) -> dict:
                 continue
             if vendor is None or line.startswith("\t\t"):
                 continue
-            code, _, name = line.strip().partition("  ")
+            code, _sep, name = line.strip().partition("  ")
             if code.lower() in wanted[vendor]:
                 names[(vendor, code.lower())] = (vendor_name, name.strip())
                 found += 1

@@ -21,7 +21,7 @@ def parse_os_release(text: str) -> dict:
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
-        key, _, raw = line.partition("=")
+        key, _sep, raw = line.partition("=")
         try:
             parts = shlex.split(raw)
             values[key.strip()] = parts[0] if parts else ""
@@ -102,7 +102,7 @@ def kernel_config(fs, kver) -> dict:
     config = {}
     for line in (text or "").splitlines():
         if line.startswith("CONFIG_") and "=" in line:
-            key, _, val = line.partition("=")
+            key, _sep, val = line.partition("=")
             config[key] = val.strip().strip('"')
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             config[line[2:-len(" is not set")]] = "n"
@@ -115,7 +115,7 @@ def cpu(fs) -> dict:
     flags: set = set()
     threads = 0
     for line in text.splitlines():
-        key, _, val = line.partition(":")
+        key, _sep, val = line.partition(":")
         key = key.strip()
         if key == "processor":
             threads += 1

@@ -10,7 +10,7 @@ module: vfio_facts
 short_description: Detect everything GPU/PCI passthrough depends on
 version_added: 0.1.0
 description:
-  - Reads, in one call and without changing anything, what a host needs to be known for VFIO passthrough:
+  - Reads, in one call and without changing anything, what a host needs to be known for VFIO passthrough, namely
     the distribution, kernel, CPU vendor and virtualization flags, boot mode and Secure Boot, chassis,
     the IOMMU state and the exact reason it is off, the bootloader and initramfs generator in use (with
     the evidence), the availability of the vfio modules for every installed kernel, every PCI device,
@@ -37,14 +37,18 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: The module only reads.
+    details: The module only reads, so check mode gives the same facts.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The module changes nothing, so there is nothing to show.
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 seealso:
   - name: Facts reference
@@ -141,21 +145,84 @@ ansible_facts:
           elements: dict
           returned: always
           contains:
-            address: {description: Full PCI address, type: str, sample: "0000:01:00.0"}
-            vendor_id: {description: 4 lowercase hex digits, type: str, sample: "10de"}
-            device_id: {description: 4 lowercase hex digits, type: str, sample: "1e87"}
-            class: {description: Class code, 6 lowercase hex digits, type: str, sample: "030000"}
-            subsystem_vendor_id: {description: 4 lowercase hex digits or null, type: str, sample: "1462"}
-            subsystem_device_id: {description: 4 lowercase hex digits or null, type: str, sample: "3721"}
-            driver: {description: Bound driver or null, type: str, sample: nvidia}
-            iommu_group: {description: IOMMU group number or null, type: int, sample: 1}
-            boot_vga: {description: The firmware's boot display device, type: bool, sample: false}
-            vendor_name: {description: From pci.ids, or null, type: str, sample: NVIDIA Corporation}
-            device_name: {description: From pci.ids, or null, type: str, sample: TU104 [GeForce RTX 2080 Rev. A]}
-            reset_methods: {description: The kernel's reset methods, type: list, elements: str, sample: [flr, bus]}
-            parent_bridge: {description: Address of the bridge above, or null on a root bus, type: str, sample: "0000:00:01.0"}
-            block_devices: {description: Block devices below this function, type: list, elements: str, sample: [nvme0n1]}
-            net_interfaces: {description: Network interfaces of this function, type: list, elements: str, sample: [enp5s0]}
+            address:
+              description: Full PCI address
+              type: str
+              returned: always
+              sample: "0000:01:00.0"
+            vendor_id:
+              description: 4 lowercase hex digits
+              type: str
+              returned: always
+              sample: "10de"
+            device_id:
+              description: 4 lowercase hex digits
+              type: str
+              returned: always
+              sample: "1e87"
+            class:
+              description: Class code, 6 lowercase hex digits
+              type: str
+              returned: always
+              sample: "030000"
+            subsystem_vendor_id:
+              description: 4 lowercase hex digits or null
+              type: str
+              returned: always
+              sample: "1462"
+            subsystem_device_id:
+              description: 4 lowercase hex digits or null
+              type: str
+              returned: always
+              sample: "3721"
+            driver:
+              description: Bound driver or null
+              type: str
+              returned: always
+              sample: "nvidia"
+            iommu_group:
+              description: IOMMU group number or null
+              type: int
+              returned: always
+              sample: "1"
+            boot_vga:
+              description: The firmware's boot display device
+              type: bool
+              returned: always
+              sample: "false"
+            vendor_name:
+              description: From pci.ids, or null
+              type: str
+              returned: always
+              sample: "NVIDIA Corporation"
+            device_name:
+              description: From pci.ids, or null
+              type: str
+              returned: always
+              sample: "TU104 [GeForce RTX 2080 Rev. A]"
+            reset_methods:
+              description: The kernel's reset methods
+              type: list
+              returned: always
+              elements: str
+              sample: [flr, bus]
+            parent_bridge:
+              description: Address of the bridge above, or null on a root bus
+              type: str
+              returned: always
+              sample: "0000:00:01.0"
+            block_devices:
+              description: Block devices below this function
+              type: list
+              returned: always
+              elements: str
+              sample: [nvme0n1]
+            net_interfaces:
+              description: Network interfaces of this function
+              type: list
+              returned: always
+              elements: str
+              sample: [enp5s0]
         iommu_groups:
           description: Every IOMMU group with its member addresses.
           type: list

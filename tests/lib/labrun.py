@@ -1,0 +1,55 @@
+"""Run ansible-playbook against lab sysroots the way a user does, and read the facts back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def ansible_env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".collections"),
+        "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp / "facts"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
+    })
+    env.update(extra)
+    return env
+
+
+def run_playbook(tmp: Path, *args: str, inventory: Path | None = None, **env) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "ansible-playbook")]
+    if inventory is not None:
+        cmd += ["-i", str(inventory)]
+    cmd += list(args)
+    return subprocess.run(cmd, cwd=REPO, env=ansible_env(tmp, **env), capture_output=True, text=True, timeout=900)
+
+
+def cached_facts(tmp: Path, host: str) -> dict:
+    return json.loads((tmp / "facts" / host).read_text())
+
+
+def recap(stdout: str) -> dict:
+    """PLAY RECAP lines -> {host: {"ok": n, "changed": n, ...}}."""
+    out = {}
+    in_recap = False
+    for line in stdout.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if in_recap:
+            if not line.strip():
+                break
+            host, _sep, rest = line.partition(":")
+            out[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
+    return out
