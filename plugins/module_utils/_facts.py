@@ -35,7 +35,7 @@ def gather_facts(root: str = "/", with_names: bool = True) -> dict:
     if kern["running"] and kern["running"] not in kernels:
         kernels.append(kern["running"])
     efi_entry = system.efi_boot_current(fs) if boot["mode"] == "uefi" else None
-    gpus = build_gpus(devices)
+    gpus = build_gpus(devices, groups)
     return {
         "facts_version": FACTS_VERSION,
         "root": fs.root,

@@ -57,28 +57,39 @@ def is_integrated(dev) -> bool:
     return dev.parent is None
 
 
-def group_verdicts(gpu, devices_by_group: dict) -> tuple:
-    """(viable, blockers): viable iff every non-bridge member of the group is on the GPU's slot."""
+def group_verdicts(gpu, group_members: dict, by_address: dict) -> tuple:
+    """(viable, blockers): viable iff every non-bridge member of the group is on the GPU's slot.
+
+    Members come from ``/sys/kernel/iommu_groups/N/devices`` (the kernel's own list), so a
+    member whose attributes could not be read still counts, as a blocker: it cannot be
+    shown to be a bridge.
+    """
     if gpu.iommu_group is None:
         return None, []
-    blockers = sorted(
-        d.address for d in devices_by_group.get(gpu.iommu_group, [])
-        if not d.is_bridge and d.slot != gpu.slot
-    )
-    return not blockers, blockers
+    blockers = []
+    for addr in group_members.get(gpu.iommu_group, []):
+        dev = by_address.get(addr)
+        if dev is not None and dev.is_bridge:
+            continue
+        if addr.rsplit(".", 1)[0] != gpu.slot:
+            blockers.append(addr)
+    return not blockers, sorted(blockers)
 
 
-def build_gpus(devices: list) -> list:
-    by_group: dict = {}
+def build_gpus(devices: list, groups: list) -> list:
+    """The GPU entries of the facts; ``groups`` as returned by ``_iommu.iommu_groups``."""
+    by_address = {d.address: d for d in devices}
+    members = {g["id"]: list(g["devices"]) for g in groups}
+    for d in devices:  # a device whose group directory was unreadable still names its group
+        if d.iommu_group is not None and d.address not in members.setdefault(d.iommu_group, []):
+            members[d.iommu_group].append(d.address)
     by_slot: dict = {}
     for d in devices:
-        if d.iommu_group is not None:
-            by_group.setdefault(d.iommu_group, []).append(d)
         by_slot.setdefault(d.slot, []).append(d)
     gpus = [d for d in devices if d.is_gpu]
     out = []
     for g in gpus:
-        viable, blockers = group_verdicts(g, by_group)
+        viable, blockers = group_verdicts(g, members, by_address)
         companions = sorted(d.address for d in by_slot.get(g.slot, []) if d.address != g.address)
         slot_groups = sorted({d.iommu_group for d in by_slot.get(g.slot, []) if d.iommu_group is not None})
         out.append({

@@ -66,7 +66,7 @@ def iommu_state(fs, cpu_vendor, params: list, groups: list, running_kernel) -> d
     if not enabled:
         if "off" in iommu_vals or last_value(params, "iommu") == "off":
             problem("param_iommu_off", "the kernel command line has iommu=off", "remove iommu=off from the kernel parameters")
-        if kind == "intel" and intel_vals and [v for v in intel_vals if v in ("on", "off")][-1:] == ["off"]:
+        if kind == "intel" and ([v for v in intel_vals if v in ("on", "off")] or [None])[-1] == "off":
             problem("param_intel_off", "the kernel command line has intel_iommu=off",
                     "replace intel_iommu=off with intel_iommu=on")
         if kind == "amd" and "off" in amd_vals:
@@ -75,16 +75,17 @@ def iommu_state(fs, cpu_vendor, params: list, groups: list, running_kernel) -> d
             problem("firmware_off",
                     f"the firmware publishes no ACPI {table} table: the IOMMU is disabled in the UEFI/BIOS setup",
                     f"enable {FIRMWARE_SETTING[kind]} in the UEFI/BIOS setup")
-        if kind == "intel" and firmware_table is not False:
+        if kind == "intel":  # also when VT-d is off: once it is on, the kernel still needs this
             cfg_on = config.get("CONFIG_INTEL_IOMMU_DEFAULT_ON") == "y"
-            explicitly_on = [v for v in intel_vals if v in ("on", "off")][-1:] == ["on"]
+            switch = ([v for v in intel_vals if v in ("on", "off")] or [None])[-1]
             if config.get("CONFIG_INTEL_IOMMU") == "n":
                 problem("kernel_no_driver", "the kernel is built without CONFIG_INTEL_IOMMU",
                         "boot a kernel with Intel IOMMU support (all major distributions ship one)")
-            elif not explicitly_on and not cfg_on:
+            elif not cfg_on and switch != "on":
                 needed_params.append("intel_iommu=on")
-                problem("param_missing", "this kernel does not enable the Intel IOMMU by default and "
-                        "intel_iommu=on is not on the command line", "add intel_iommu=on to the kernel parameters")
+                if switch is None:
+                    problem("param_missing", "this kernel does not enable the Intel IOMMU by default and "
+                            "intel_iommu=on is not on the command line", "add intel_iommu=on to the kernel parameters")
         if kind == "amd" and config.get("CONFIG_AMD_IOMMU") == "n":
             problem("kernel_no_driver", "the kernel is built without CONFIG_AMD_IOMMU",
                     "boot a kernel with AMD IOMMU support")

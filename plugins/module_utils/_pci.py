@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from ansible_collections.exliar.vfio.plugins.module_utils._pciids import lookup_names
 
-BDF_RE = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$")
+BDF_RE = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$")
 PCI_DEVICES = "sys/bus/pci/devices"
-BRIDGE_CLASSES = ("0604", "0609")
+# Host bridges (0600, e.g. AMD's "dummy host bridge" that shares a GPU's group) and PCI
+# bridges (0604, 0609) never take part in DMA on a device's behalf; vfio accepts them in a group.
+BRIDGE_CLASSES = ("0600", "0604", "0609")
 
 
 @dataclass

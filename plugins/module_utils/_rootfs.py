@@ -17,15 +17,30 @@ class RootFS:
         self.root = os.path.abspath(root or "/")
         self.warnings: list = []
 
-    def path(self, rel: str) -> str:
+    def _raw(self, rel: str) -> str:
         return os.path.join(self.root, rel.lstrip("/"))
+
+    def path(self, rel: str) -> str:
+        """Host path of ``rel``; below a root other than ``/``, symlinks resolve inside the root.
+
+        An absolute link such as ``/etc/os-release -> /usr/lib/os-release`` must not reach the
+        controller's own files. The kernel's sysfs and procfs only use relative links, so
+        those paths are joined directly (they are most of the reads).
+        """
+        rel = rel.lstrip("/")
+        if self.root != "/" and not rel.startswith(("sys/", "proc/")):
+            resolved = self.resolve(rel)
+            if resolved is not None:
+                rel = resolved.lstrip("/")
+        return os.path.join(self.root, rel)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
 
     def exists(self, rel: str) -> bool:
-        return os.path.lexists(self.path(rel))
+        """True if ``rel`` exists, a dangling symlink included."""
+        return os.path.lexists(self._raw(rel)) or os.path.lexists(self.path(rel))
 
     def isdir(self, rel: str) -> bool:
         return os.path.isdir(self.path(rel))
@@ -44,8 +59,8 @@ class RootFS:
         except FileNotFoundError:
             if expected:
                 self.warn(f"{rel}: missing")
-        except OSError as exc:
-            self.warn(f"{rel}: cannot read ({exc.strerror or exc})")
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a path built from host data
+            self.warn(f"{rel}: cannot read ({getattr(exc, 'strerror', None) or exc})")
         return None
 
     def read_text(self, rel: str, expected: bool = False):
@@ -66,15 +81,15 @@ class RootFS:
                 self.warn(f"{rel}: missing")
         except NotADirectoryError:
             self.warn(f"{rel}: not a directory")
-        except OSError as exc:
-            self.warn(f"{rel}: cannot list ({exc.strerror or exc})")
+        except (OSError, ValueError) as exc:
+            self.warn(f"{rel}: cannot list ({getattr(exc, 'strerror', None) or exc})")
         return []
 
     def readlink(self, rel: str):
         """Target of a symlink as stored (sysfs links are relative), or None."""
         try:
-            return os.readlink(self.path(rel))
-        except OSError:
+            return os.readlink(self._raw(rel))
+        except (OSError, ValueError):
             return None
 
     def link_name(self, rel: str):

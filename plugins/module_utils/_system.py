@@ -7,7 +7,10 @@ from __future__ import annotations
 import gzip
 import re
 import shlex
+import zlib
 
+_DECIMAL = re.compile(r"^[0-9]{1,3}$")
+_KERNEL_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 # SMBIOS chassis types of portable machines (DMTF DSP0134, 7.4.1).
 LAPTOP_CHASSIS = {8: "portable", 9: "laptop", 10: "notebook", 11: "hand held", 14: "sub notebook",
@@ -81,6 +84,9 @@ def kernel_version_tuple(k) -> tuple:
 
 def kernel(fs) -> dict:
     running = fs.read_line("proc/sys/kernel/osrelease", expected=True)
+    if running is not None and not _KERNEL_RELEASE.match(running):
+        fs.warn(f"proc/sys/kernel/osrelease: unexpected content {running[:40]!r}, running kernel unknown")
+        running = None
     return {"running": running, "installed": installed_kernels(fs)}
 
 
@@ -97,8 +103,8 @@ def kernel_config(fs, kver) -> dict:
         if raw:
             try:
                 text = gzip.decompress(raw).decode("utf-8", "replace")
-            except (OSError, EOFError):
-                fs.warn("proc/config.gz: not a gzip file, ignored")
+            except (OSError, EOFError, zlib.error):
+                fs.warn("proc/config.gz: not a valid gzip file, ignored")
     config = {}
     for line in (text or "").splitlines():
         if line.startswith("CONFIG_") and "=" in line:
@@ -139,6 +145,9 @@ def cpu(fs) -> dict:
 
 
 def boot(fs) -> dict:
+    if not fs.isdir("sys/firmware"):
+        fs.warn("sys/firmware: missing; boot mode unknown")
+        return {"mode": None, "secure_boot": None}
     uefi = fs.isdir("sys/firmware/efi")
     secure = None
     if uefi:
@@ -154,7 +163,7 @@ def boot(fs) -> dict:
 
 def machine(fs) -> dict:
     raw = fs.read_line("sys/class/dmi/id/chassis_type")
-    chassis = int(raw) if raw and raw.isdigit() else None
+    chassis = int(raw) if raw and _DECIMAL.match(raw) else None
     if raw is not None and chassis is None:
         fs.warn(f"sys/class/dmi/id/chassis_type: unexpected content {raw[:20]!r}")
     return {

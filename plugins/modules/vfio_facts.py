@@ -233,7 +233,7 @@ ansible_facts:
           description:
             - Every device of class 03xx (VGA 0300, XGA 0301, 3D 0302, display 0380).
             - C(companions) are the other functions of the same slot, whatever their group.
-            - C(group_viable) is true iff every member of the GPU's group other than PCI bridges is a function
+            - C(group_viable) is true iff every member of the GPU's group other than bridges (classes 0600, 0604, 0609) is a function
               of the GPU's own slot (null without groups); C(group_blockers) lists those that are not.
             - C(identical_to) lists other GPUs with the same vendor:device.
           type: list
