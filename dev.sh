@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$PWD
 VENV=$HERE/.venv
-# Debian packages the tiers need: lspci for the sysroot checks, pci.ids for device names,
-# the ShellCheck linter for ansible-test sanity, python3-venv for the virtual environment.
-APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids shellcheck git)
+# Debian packages the tiers need: lspci for the sysroot checks, pci.ids and udev (hwdb.bin)
+# for device names in the lab, the ShellCheck linter for ansible-test sanity, python3-venv.
+APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids udev shellcheck git)
 
 log() { printf '\n== %s\n' "$*"; }
 

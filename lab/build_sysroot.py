@@ -147,10 +147,11 @@ def _pcie_type(d: dict, parent: dict | None, is_bridge: bool) -> str:
 class SysrootBuilder:
     """Lay out one profile as a sysroot under ``out``."""
 
-    def __init__(self, profile: dict, out: Path, pci_ids: Path | None = None):
+    def __init__(self, profile: dict, out: Path, pci_ids: Path | None = None, hwdb: Path | None = None):
         self.p = profile
         self.out = Path(out)
         self.pci_ids = pci_ids
+        self.hwdb = hwdb
 
     # ---- public -------------------------------------------------------------------
     def build(self) -> Path:
@@ -438,13 +439,16 @@ class SysrootBuilder:
             _w(self.out / path.lstrip("/"), content, mode)
 
     def _pci_ids(self) -> None:
-        if self.pci_ids and self.pci_ids.exists():
-            dst = self.out / "usr/share/misc/pci.ids"
+        """The name databases every distribution ships, taken from the machine building the lab."""
+        for src, rel in ((self.pci_ids, "usr/share/misc/pci.ids"), (self.hwdb, "usr/lib/udev/hwdb.bin")):
+            if src is None or not src.exists():
+                continue
+            dst = self.out / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(self.pci_ids, dst)
+                os.link(src, dst)
             except OSError:
-                shutil.copyfile(self.pci_ids, dst)
+                shutil.copyfile(src, dst)
 
 
 def _kver(k: str) -> tuple:
@@ -466,6 +470,13 @@ def find_pci_ids() -> Path | None:
     return None
 
 
+def find_hwdb() -> Path | None:
+    for c in ("/etc/udev/hwdb.bin", "/usr/lib/udev/hwdb.bin", "/lib/udev/hwdb.bin"):
+        if Path(c).exists():
+            return Path(c)
+    return None
+
+
 def profile_paths() -> list:
     return sorted(PROFILE_DIR.glob("*.yml"))
 
@@ -481,7 +492,7 @@ def build(profile_path: Path, out_dir: Path = DEFAULT_OUT, force: bool = False) 
     stamp_file = target / ".profile-hash"
     if not force and stamp_file.exists() and stamp_file.read_text() == stamp:
         return target
-    SysrootBuilder(profile, target, find_pci_ids()).build()
+    SysrootBuilder(profile, target, find_pci_ids(), find_hwdb()).build()
     stamp_file.write_text(stamp)
     return target
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.exliar.vfio.plugins.module_utils._pciids import lookup_names
+from ansible_collections.exliar.vfio.plugins.module_utils import _hwdb, _pciids
 
 BDF_RE = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$")
 PCI_DEVICES = "sys/bus/pci/devices"
@@ -128,8 +128,11 @@ def scan_pci(fs, with_names: bool = True) -> list:
         )
         devices.append(dev)
     if with_names:
-        ids = [(d.vendor_id, d.device_id) for d in devices if d.vendor_id and d.device_id]
-        names = lookup_names(fs, ids)
+        ids = sorted({(d.vendor_id, d.device_id) for d in devices if d.vendor_id and d.device_id})
+        names = _pciids.lookup_names(fs, ids)
+        unnamed = [key for key in ids if names[key][1] is None]
+        for key, (vendor, device) in _hwdb.lookup_names(fs, unnamed).items():  # newer than pci.ids on many hosts
+            names[key] = (names[key][0] or vendor, device)
         for d in devices:
             d.vendor_name, d.device_name = names.get((d.vendor_id, d.device_id), (None, None))
     return devices
