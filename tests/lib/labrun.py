@@ -36,7 +36,15 @@ def run_playbook(tmp: Path, *args: str, inventory: Path | None = None, **env) ->
 
 
 def cached_facts(tmp: Path, host: str) -> dict:
-    return json.loads((tmp / "facts" / host).read_text())
+    """A host's facts from the jsonfile cache (ansible-core 2.19 names the file ``s1_<host>``)."""
+    for name in (host, f"s1_{host}"):
+        path = tmp / "facts" / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("__payload__"), str):  # 2.19 envelope
+                data = json.loads(data["__payload__"])
+            return data
+    raise FileNotFoundError(f"no cached facts for {host} in {tmp / 'facts'}")
 
 
 def recap(stdout: str) -> dict:

@@ -26,5 +26,5 @@ sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 printf '== installing Debian packages for the system tier: %s\n' "${missing[*]}"
 "${sudo[@]}" apt-get update -qq
-# policy-rc.d keeps the package scripts from starting the host's own sshd: the tests start theirs.
-DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# openssh-server is only needed for its sshd binary: the fleet test starts its own, one per network namespace.
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
