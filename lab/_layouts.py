@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+# The directory each distribution's GRUB installs into on the ESP (by os-release ID).
+EFI_DIRS = {"opensuse": "opensuse", "arch": "GRUB", "cachyos": "GRUB", "endeavouros": "endeavouros",
+            "manjaro": "manjaro", "debian": "debian", "ubuntu": "ubuntu", "pop": "pop"}
 TOOL = "#!/bin/sh\necho \"lab sysroot: $0 is a placeholder, not the real tool\" >&2\nexit 1\n"
 
 
@@ -74,12 +77,16 @@ def bootloader_files(kind: str, ctx: dict) -> dict:
     files: dict = {}
     if kind == "grub":
         files["/etc/default/grub"] = _default_grub(ctx)
-        files["/boot/grub/grub.cfg"] = _grub_cfg(ctx, "/boot/grub")
-        files[f"{esp}/EFI/{ctx['os_id']}/grubx64.efi"] = b"MZ"
-        files[f"{esp}/EFI/{ctx['os_id']}/shimx64.efi"] = b"MZ"
-        files[f"{esp}/EFI/{ctx['os_id']}/grub.cfg"] = (
-            "search.fs_uuid 0c6d7b2a-0000-4000-8000-000000000001 root\n"
-            "set prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n")
+        # openSUSE, Fedora-likes keep GRUB 2 in /boot/grub2; Debian, Ubuntu, Arch in /boot/grub
+        grub_dir = "/boot/grub2" if ctx["os_id"].startswith(("opensuse", "sles", "fedora", "rhel", "centos")) else "/boot/grub"
+        files[f"{grub_dir}/grub.cfg"] = _grub_cfg(ctx, grub_dir)
+        if ctx["uefi"]:
+            efi_dir = EFI_DIRS.get(ctx["os_id"].split("-")[0], ctx["os_id"])
+            files[f"{esp}/EFI/{efi_dir}/grubx64.efi"] = b"MZ"
+            files[f"{esp}/EFI/{efi_dir}/shimx64.efi"] = b"MZ"
+            files[f"{esp}/EFI/{efi_dir}/grub.cfg"] = (
+                "search.fs_uuid 0c6d7b2a-0000-4000-8000-000000000001 root\n"
+                f"set prefix=($root)'{grub_dir}'\nconfigfile $prefix/grub.cfg\n")
         files.update(_tool("/usr/sbin/grub-mkconfig", "/usr/sbin/update-grub", "/usr/sbin/grub-install"))
     elif kind == "grubby":
         mid = _machine_id(ctx)

@@ -292,9 +292,13 @@ class SysrootBuilder:
                 _w(g / "reserved_regions", "0x00000000fee00000 0x00000000feefffff msi\n")
                 _link(base / "iommu_group", _rel(g, base / "iommu_group"))
             for blk in d.get("block") or []:
-                sub = "nvme/nvme0" if blk.startswith("nvme") else "ata1/host0/target0:0:0/0:0:0:0/block"
+                if blk.startswith("nvme"):  # nvme1n1 sits below controller nvme1, major 259
+                    sub, devnum = f"nvme/{blk[:blk.rindex('n')]}", "259:0"
+                else:  # sdb below its SCSI host, major 8, minor 16 per disk
+                    n = ord(blk[2]) - ord("a") if len(blk) > 2 else 0
+                    sub, devnum = f"ata{n + 1}/host{n}/target{n}:0:0/{n}:0:0:0/block", f"8:{16 * n}"
                 dev_dir = base / sub / blk
-                _w(dev_dir / "dev", "259:0\n")
+                _w(dev_dir / "dev", devnum + "\n")
                 _w(dev_dir / "size", "1000215216\n")
                 _link(self.out / "sys/block" / blk, _rel(dev_dir, self.out / "sys/block" / blk))
                 _link(self.out / "sys/class/block" / blk, _rel(dev_dir, self.out / "sys/class/block" / blk))
@@ -358,7 +362,8 @@ class SysrootBuilder:
         for i in range(int(cpu.get("threads", 4))):
             blocks.append("\n".join([
                 f"processor\t: {i}", f"vendor_id\t: {cpu.get('vendor_id', 'GenuineIntel')}",
-                "cpu family\t: 6", f"model name\t: {cpu.get('model_name', 'Unknown CPU')}",
+                f"cpu family\t: {cpu.get('family', 25 if cpu.get('vendor_id') == 'AuthenticAMD' else 6)}",
+                f"model name\t: {cpu.get('model_name', 'Unknown CPU')}",
                 f"flags\t\t: {' '.join(cpu.get('flags') or [])}", "",
             ]))
         _w(self.out / "proc/cpuinfo", "\n".join(blocks))
@@ -396,7 +401,8 @@ class SysrootBuilder:
         builtin = set(os_.get("builtin_modules") or [])
         missing = set(os_.get("missing_modules") or [])
         for k in self.kernels:
-            mdir = self.out / "usr/lib/modules" / k
+            merged = (self.p.get("os") or {}).get("usr_merged", True)
+            mdir = self.out / ("usr/lib/modules" if merged else "lib/modules") / k
             deps, bi = [], []
             names = dict(MODULE_PATHS)
             for d in self.devs.values():
@@ -428,7 +434,8 @@ class SysrootBuilder:
         os_ = self.p.get("os") or {}
         ctx = {"kernel": self.kernel, "kernels": self.kernels, "cmdline": str(os_.get("cmdline", "")),
                "esp": os_.get("esp", "/boot/efi"), "id": self.p["id"],
-               "os_id": _os_release_value(str(os_.get("os_release", "")), "ID") or "linux"}
+               "os_id": _os_release_value(str(os_.get("os_release", "")), "ID") or "linux",
+               "uefi": (self.p.get("firmware") or {}).get("uefi", True)}
         files = {}
         if os_.get("bootloader"):
             files.update(bootloader_files(os_["bootloader"], ctx))

@@ -30,6 +30,10 @@ def render_host(host: str, facts: dict) -> list:
         f"{(boot.get('mode') or '?').upper()}"
         + (f", Secure Boot {_yes_no(boot.get('secure_boot'), 'on', 'off')}" if boot.get("mode") == "uefi" else "")
         + (", laptop" if mach.get("laptop") else ""))
+    if cpu.get("vendor") in ("intel", "amd") and cpu.get("virtualization_enabled") is False and not cpu.get("hypervisor"):
+        setting = "Intel VT-x (Virtualization Technology)" if cpu["vendor"] == "intel" else "AMD SVM (AMD-V)"
+        lines.append("    ! the CPU does not offer hardware virtualization: KVM cannot run VMs")
+        lines.append(f"      fix: enable {setting} in the UEFI/BIOS setup")
     io = facts.get("iommu") or {}
     if io.get("enabled"):
         lines.append(f"  iommu      on ({io.get('type') or '?'}, {io.get('groups_count')} groups, interrupt remapping "

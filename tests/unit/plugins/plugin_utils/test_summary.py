@@ -153,3 +153,14 @@ def test_warnings_are_listed(desktop_facts):
 def test_sparse_facts_do_not_raise(facts):
     lines = render_host("sparse", facts)
     assert lines[0] == "sparse" and "  iommu      OFF" in lines and "  gpus       none" in lines
+
+
+def test_virtualization_off_in_firmware_says_which_setting():
+    facts = {"system": {"cpu": {"vendor": "intel", "virtualization_enabled": False, "hypervisor": False}},
+             "iommu": {"enabled": True, "groups_count": 3}, "gpus": []}
+    text = "\n".join(render_host("host", facts))
+    assert "enable Intel VT-x" in text
+    facts["system"]["cpu"] = {"vendor": "amd", "virtualization_enabled": False, "hypervisor": False}
+    assert "enable AMD SVM" in "\n".join(render_host("host", facts))
+    facts["system"]["cpu"]["virtualization_enabled"] = True
+    assert "fix:" not in "\n".join(render_host("host", facts))
