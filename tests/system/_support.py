@@ -1,6 +1,9 @@
 """Shared helpers of the system tier: wall-time records and failure tracking for fixtures."""
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 TIMINGS: dict = {}
 
 
@@ -19,3 +22,14 @@ class FailureWatch:
     @property
     def failed(self) -> bool:
         return self.session.testsfailed > self.before
+
+
+def close_ssh_masters(control_dir) -> None:
+    """Ask every SSH ControlPersist master with a socket in control_dir to exit (ansible leaves
+    them running for 60 s after a run)."""
+    control_dir = Path(control_dir)
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "ignored"],
+                       capture_output=True, timeout=20, check=False)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import zlib
 
-import pytest
 
 from helpers import (
     CARD_PCI, INTEL_IGPU, NVIDIA_AUDIO, NVIDIA_GPU, ROOT_PORT, SECURE_BOOT, by_address, config_gz, dev_file,

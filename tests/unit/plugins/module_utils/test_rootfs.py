@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from helpers import NVIDIA_GPU, ROOT_PORT, make_dangling, make_unreadable_dir, symlink, write
 
