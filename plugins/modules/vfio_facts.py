@@ -31,7 +31,8 @@ options:
     default: /
   names:
     description:
-      - Look up vendor and device names in the host's C(pci.ids) database.
+      - Look up vendor and device names in the host's C(pci.ids) database, and in systemd's C(hwdb.bin)
+        for the devices C(pci.ids) does not name.
       - Set to V(false) to skip the lookup; RV(ansible_facts.vfio.pci_devices[].vendor_name) is then null.
     type: bool
     default: true
