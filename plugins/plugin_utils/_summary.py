@@ -78,16 +78,32 @@ def render_host(host: str, facts: dict) -> list:
     return lines
 
 
-def render_summary(results: dict) -> str:
-    """``results``: host -> {"facts": dict or None, "failed": message or None}."""
+def render_plugins(summary: dict) -> list:
+    lines = []
+    plugins = summary.get("plugins") or {}
+    if plugins:
+        lines.append("  plugins    " + ", ".join(
+            f"{n} {m.get('version')}" + ("" if m.get("enabled", True) else " (disabled)") for n, m in sorted(plugins.items())))
+    for f in summary.get("failures") or []:
+        lines.append(f"    ! plugin {f['plugin']} failed in {f['hook']}: {f['error']}")
+    for name, reason in sorted((summary.get("rejected") or {}).items()):
+        lines.append(f"    ! plugin {name} not loaded: {reason}")
+    return lines
+
+
+def render_summary(results: dict, plugins: dict | None = None) -> str:
+    """``results``: host -> {"facts": dict or None, "failed": message or None};
+    ``plugins``: host -> plugin summary (loaded plugins, failures, rejected)."""
     out = []
-    for host in sorted(results):
-        r = results[host]
+    plugins = plugins or {}
+    for host in sorted(set(results) | set(plugins)):
+        r = results.get(host, {})
         if r.get("facts"):
             out.extend(render_host(host, r["facts"]))
+        else:
+            out.append(host)
+        out.extend(render_plugins(plugins.get(host) or {}))
         if r.get("failed"):
-            if not r.get("facts"):
-                out.append(host)
             out.append(f"  FAILED     {r['failed']}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,325 @@
+# -*- coding: utf-8 -*-
+# Copyright: exliar.vfio contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One host's plugin session inside an Ansible run: settings, discovery, state, stage hooks.
+
+A stage's action plugin opens the session, runs its hooks and saves it; the summary
+callback closes it (``on_cleanup``, ``on_unload``) when the playbook ends. With no plugin
+installed, ``open_session`` returns None after a few directory checks: no hook point
+costs a task or a round trip.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ansible_collections.exliar.vfio.plugins.plugin_utils import api
+from ansible_collections.exliar.vfio.plugins.plugin_utils import _state as state_store
+from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import HookFailure, PluginManager
+from ansible_collections.exliar.vfio.plugins.plugin_utils._security import (
+    Approvals, SecurityPolicy, evaluate,
+)
+
+COLLECTION_ROOT = Path(__file__).resolve().parents[2]
+BUILTIN_DIR = COLLECTION_ROOT / "builtin_plugins"
+USER_DIR = Path("~/.config/exliar-vfio/plugins")
+SYSTEM_DIR = Path("/usr/share/exliar-vfio/plugins")
+ENTRY_POINT_GROUP = "exliar_vfio.plugins"
+
+
+def config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "exliar-vfio"
+
+
+@dataclass
+class Settings:
+    """The plugin settings of one host, from its variables."""
+
+    plugins: dict = field(default_factory=dict)          # vfio_plugins
+    dirs: list = field(default_factory=list)             # vfio_plugin_dirs
+    default_dirs: bool = True                            # vfio_plugin_default_dirs
+    enabled: bool = True                                 # vfio_plugins_enabled
+    require_signatures: bool = False                     # vfio_plugin_require_signatures
+    trusted_keys: list = field(default_factory=list)     # vfio_plugin_trusted_keys (paths)
+    pins: dict = field(default_factory=dict)             # vfio_plugin_pins
+    approvals_file: str = ""                             # vfio_plugin_approvals_file
+
+    @classmethod
+    def from_vars(cls, v: dict) -> "Settings":
+        def listish(x):
+            return [x] if isinstance(x, str) else list(x or [])
+
+        return cls(
+            plugins=dict(v.get("vfio_plugins") or {}),
+            dirs=[str(d) for d in listish(v.get("vfio_plugin_dirs"))],
+            default_dirs=bool(v.get("vfio_plugin_default_dirs", True)),
+            enabled=bool(v.get("vfio_plugins_enabled", True)),
+            require_signatures=bool(v.get("vfio_plugin_require_signatures", False)),
+            trusted_keys=[str(k) for k in listish(v.get("vfio_plugin_trusted_keys"))],
+            pins=dict(v.get("vfio_plugin_pins") or {}),
+            approvals_file=str(v.get("vfio_plugin_approvals_file") or config_home() / "approvals.json"),
+        )
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def search_dirs(self) -> list:
+        dirs = [(BUILTIN_DIR, "builtin")]
+        if self.default_dirs:
+            dirs += [(USER_DIR.expanduser(), "user"), (SYSTEM_DIR, "system")]
+        dirs += [(Path(d).expanduser(), "directory") for d in self.dirs]
+        return dirs
+
+
+def _entry_point_metas(manager: PluginManager) -> list:
+    """Plugins installed as Python packages: an entry point in the ``exliar_vfio.plugins`` group
+    names a module whose directory holds ``plugin.toml``."""
+    from importlib import metadata  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    metas = []
+    try:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # noqa: BLE001 - a broken site-packages must not stop the run
+        return metas
+    for ep in eps:
+        spec = importlib.util.find_spec(ep.module)
+        if spec is None or not spec.origin:
+            manager.rejected[ep.name] = f"entry point {ep.value}: module not found"
+            continue
+        plugin_dir = Path(spec.origin).parent
+        metas.extend(m for m in manager.discover_plugins(plugin_dir.parent, "entry_point") if Path(m.path) == plugin_dir)
+    return metas
+
+
+def discover(settings: Settings, manager: PluginManager) -> list:
+    metas = []
+    for d, source in settings.search_dirs():
+        metas.extend(manager.discover_plugins(d, source))
+    metas.extend(_entry_point_metas(manager))
+    return metas
+
+
+def read_keys(paths: list) -> list:
+    keys = []
+    for p in paths:
+        try:
+            keys.append(Path(p).expanduser().read_bytes())
+        except OSError as exc:
+            raise api.PluginError(f"trusted key {p}: cannot read ({exc.strerror})") from exc
+    return keys
+
+
+def make_gate(settings: Settings):
+    policy = SecurityPolicy(require_signatures=settings.require_signatures,
+                            trusted_keys=read_keys(settings.trusted_keys), pinned=dict(settings.pins))
+    approvals = Approvals.load(settings.approvals_file)
+
+    def gate(meta):
+        decision = evaluate(meta, policy, approvals)
+        meta.signature = decision.signature
+        meta.sha256 = decision.digest
+        return decision.allowed, decision.reason, list(decision.warnings)
+
+    return gate
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list, plugin: str):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+        self.plugin = plugin
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append({"plugin": self.plugin, "level": record.levelname.lower(), "message": record.getMessage()})
+
+
+class Session:
+    def __init__(self, host: str, settings: Settings, rdir: Path):
+        self.host = host
+        self.settings = settings
+        self.rdir = rdir
+        self.log: list = []
+        self.records: list = []
+        self.manager = PluginManager(host, settings.plugins, gate=make_gate(settings), logger=self._logger)
+        self.state: dict = {}
+
+    def _logger(self, plugin: str) -> logging.Logger:
+        logger = logging.getLogger(f"exliar.vfio.plugins.{plugin}.{self.host}")
+        logger.handlers = [_ListHandler(self.log, plugin)]
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        return logger
+
+    # ---- open / save -----------------------------------------------------------------
+    def open(self, metas: list) -> None:
+        previous = state_store.load_host_state(self.rdir, self.host)
+        self.manager.load_all(metas)
+        self.manager.set_service("state_tracker", StateTracker(self))
+        if previous and previous.get("loaded"):
+            self.log.extend(previous.get("log", []))
+            self.records.extend(previous.get("records", []))
+            self.state = previous
+            for name, blobs in (previous.get("storage") or {}).items():
+                if name in self.manager.contexts:
+                    storage, warnings = state_store.unpack_storage(blobs)
+                    self.manager.contexts[name]._restore(storage)  # pylint: disable=protected-access
+                    self.manager.warnings.extend(f"{name}: {w}" for w in warnings)
+            self.manager.bus.restore(previous.get("subscriptions", []), self.manager.plugins)
+            self.manager.disabled |= set(previous.get("disabled", []))
+        else:
+            self.state = {"calls": [], "failures": [], "loaded": True}
+            self.manager.start()
+
+    def save(self) -> None:
+        storage = {}
+        for name, ctx in self.manager.contexts.items():
+            blobs, warnings = state_store.pack_storage(ctx._storage)  # pylint: disable=protected-access
+            storage[name] = blobs
+            self.manager.warnings.extend(f"{name}: {w}" for w in warnings)
+        calls = self.state.get("calls", []) + [c.__dict__ for c in self.manager.calls]
+        failures = self.state.get("failures", []) + [f.as_dict() for f in self.manager.failures]
+        self.manager.calls.clear()
+        self.manager.failures.clear()
+        metas = {n: _meta_dict(m) for n, m in self.manager.meta.items()}
+        self.state = {
+            "host": self.host, "loaded": True, "settings": self.settings.as_dict(),
+            "storage": storage, "subscriptions": list(self.manager.bus.persistent),
+            "calls": calls, "failures": failures, "log": self.log, "records": self.records,
+            "plugins": metas, "rejected": dict(self.manager.rejected),
+            "warnings": sorted(set(self.state.get("warnings", []) + self.manager.warnings)),
+            "disabled": sorted(self.manager.disabled),
+            "panels": {k: {"title": p.title, "plugin": p.plugin} for k, p in self.manager.panels.items()},
+            "commands": {k: {"description": c.description, "plugin": c.plugin} for k, c in self.manager.commands.items()},
+            "finished": self.state.get("finished", False),
+        }
+        state_store.save_host_state(self.rdir, self.host, self.state)
+
+    def summary(self) -> dict:
+        """What a task returns about the plugins (JSON-safe)."""
+        return {
+            "loaded": [n for n in self.manager.plugins if n not in self.manager.disabled],
+            "rejected": dict(self.manager.rejected),
+            "warnings": sorted(set(self.manager.warnings)),
+            "failures": [f.as_dict() for f in self.manager.failures],
+            "calls": len(self.manager.calls),
+        }
+
+    # ---- stages ------------------------------------------------------------------------
+    def detection(self, facts: dict) -> None:
+        """The detection stage's hooks, in the spec's order."""
+        m = self.manager
+        system = api.SystemInfo.from_facts(facts)
+        m.set_service("system_info", system)
+        m.set_service("device_manager", DeviceManager(facts))
+        m.invoke_hook("on_system_detected", system)
+        m.invoke_hook("on_device_enumeration", [api.PciDevice.from_fact(d) for d in facts.get("pci_devices") or []])
+        for gpu in facts.get("gpus") or []:
+            m.invoke_hook("on_gpu_detected", api.GpuDevice.from_fact(gpu))
+
+    def finish(self) -> None:
+        if self.state.get("finished"):
+            return
+        self.manager.finish()
+        self.state["finished"] = True
+
+
+class DeviceManager:
+    """Read-only view of the host's devices for plugins (``ctx.device_manager()``)."""
+
+    def __init__(self, facts: dict):
+        self._devices = [api.PciDevice.from_fact(d) for d in facts.get("pci_devices") or []]
+        self._gpus = [api.GpuDevice.from_fact(g) for g in facts.get("gpus") or []]
+        self._groups = {g["id"]: list(g["devices"]) for g in facts.get("iommu_groups") or []}
+
+    def devices(self) -> list:
+        return list(self._devices)
+
+    def gpus(self) -> list:
+        return list(self._gpus)
+
+    def get(self, address: str):
+        return next((d for d in self._devices if d.address == address), None)
+
+    def iommu_group(self, number: int) -> list:
+        return list(self._groups.get(number, []))
+
+
+class StateTracker:
+    """Records the operations a plugin performs (``ctx.state_tracker().record(...)``).
+
+    Entries are kept with the host's run state and shown in the run report; the host's
+    change journal receives them when a stage that writes to the host runs.
+    """
+
+    def __init__(self, session: Session):
+        self._session = session
+
+    def record(self, operation: str, **details) -> None:
+        self._session.records.append({"operation": str(operation), "details": {k: str(v) for k, v in details.items()}})
+
+
+def _meta_dict(m) -> dict:
+    return {"name": m.name, "version": m.version, "source": m.source, "path": m.path, "hooks": list(m.hooks),
+            "permissions": list(m.permissions), "signature": m.signature, "sha256": m.sha256,
+            "api_version": ".".join(str(x) for x in m.api_version), "critical": m.critical,
+            "warnings": list(m.warnings), "description": m.description, "author": m.author}
+
+
+def open_session(task_vars: dict, host: str, rdir: Path | None = None):
+    """The host's session, or None when plugins are switched off or none is installed."""
+    settings = Settings.from_vars(task_vars)
+    if not settings.enabled:
+        return None
+    probe = PluginManager(host)
+    metas = discover(settings, probe)
+    if not metas and not probe.rejected:
+        return None
+    session = Session(host, settings, rdir or state_store.run_dir())
+    session.manager.rejected.update(probe.rejected)
+    session.open(metas)
+    return session
+
+
+def finish_run(rdir: Path) -> dict:
+    """End the lifecycle of every host that loaded plugins in this run; returns per host the
+    plugin summary and the rendered UI panels for the report."""
+    out = {}
+    for host, state in state_store.all_host_states(rdir).items():
+        settings = Settings(**state.get("settings", {}))
+        probe = PluginManager(host)
+        metas = discover(settings, probe)
+        session = Session(host, settings, rdir)
+        session.open(metas)
+        session.finish()
+        panels = []
+        for name in list(session.manager.plugins):
+            if name in session.manager.disabled:
+                continue
+            session.manager.panels.clear()
+            session.manager.register(name)
+            for panel in session.manager.panels.values():
+                content = _render_panel(session, panel)
+                panels.append((panel.title, content))
+        session.save()
+        st = session.state
+        plugins = {n: dict(m, enabled=n not in st.get("disabled", [])) for n, m in st.get("plugins", {}).items()}
+        out[host] = {
+            "summary": {"plugins": plugins, "failures": st.get("failures", []), "rejected": st.get("rejected", {}),
+                        "calls": st.get("calls", []), "log": st.get("log", []), "records": st.get("records", [])},
+            "panels": panels,
+        }
+    state_store.prune_runs()
+    return out
+
+
+def _render_panel(session: Session, panel):
+    ctx = session.manager.contexts.get(panel.plugin)
+    try:
+        return panel.render(ctx)
+    except Exception as exc:  # noqa: BLE001 - a broken panel shows its error, not a broken report
+        session.manager.failures.append(
+            HookFailure(panel.plugin, f"panel:{panel.id}", f"{type(exc).__name__}: {exc}", host=session.host))
+        return f"panel failed: {type(exc).__name__}: {exc}"
