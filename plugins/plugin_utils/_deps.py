@@ -8,10 +8,17 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 from ansible_collections.exliar.vfio.plugins.plugin_utils.api import API_VERSION, PluginError, PluginMetadata
+
+try:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # ansible-core depends on packaging; only a bare test venv lacks it
+    HAS_PACKAGING = False
+    InvalidSpecifier = InvalidVersion = ValueError
+    SpecifierSet = Version = None
+else:
+    HAS_PACKAGING = True
 
 
 def _api_tuple(value) -> tuple:
@@ -195,6 +202,9 @@ def resolve(metas: dict[str, PluginMetadata], rejected: dict[str, str] | None = 
     present is ordered before its dependent (unless that would close a cycle: then a warning).
     Among plugins with no order between them, names sort alphabetically.
     """
+    if not HAS_PACKAGING:
+        raise PluginError("resolving plugin dependencies needs the Python package 'packaging' on the controller "
+                          "(it comes with ansible-core): pip install packaging")
     res = Resolution()
     names = sorted(set(metas) | set(rejected or {}))
     for name, reason in sorted((rejected or {}).items()):

@@ -333,15 +333,24 @@ class PluginManager:
         self._run_callable(plugin, "event:" + type(event).__name__, handler, event)
 
     def _run_callable(self, plugin: str, label: str, fn, arg) -> None:
+        self.call_with_isolation(plugin, label, lambda: fn(arg))
+
+    def call_with_isolation(self, plugin: str, label: str, thunk):
+        """Run plugin code that is not a hook (event handlers, commands): errors are recorded."""
         meta = self.meta[plugin]
         start = time.monotonic()
+        result = None
         try:
-            fn(arg)
+            result = thunk()
             ok = True
         except Exception as exc:  # noqa: BLE001 - isolation
             ok = False
             self.failures.append(HookFailure(plugin, label, f"{type(exc).__name__}: {exc}", "error", meta.critical, self.host))
         self.calls.append(HookCall(plugin, label, round((time.monotonic() - start) * 1000, 2), ok))
+        if not ok and meta.critical:
+            raise CriticalPluginFailure(f"critical plugin {plugin} failed in {label}: {self.failures[-1].error}",
+                                        plugin=plugin, hook=label)
+        return result
 
     # ---- lifecycle helpers -------------------------------------------------------------
     def start(self) -> None:

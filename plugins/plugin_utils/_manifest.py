@@ -14,15 +14,22 @@ import re
 import tomllib
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 from ansible_collections.exliar.vfio.plugins.plugin_utils.api import (
     PERMISSIONS,
     PluginDependency,
     PluginError,
     PluginMetadata,
 )
+
+try:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # ansible-core depends on packaging; only a bare test venv lacks it
+    HAS_PACKAGING = False
+    InvalidSpecifier = InvalidVersion = ValueError
+    SpecifierSet = Version = None
+else:
+    HAS_PACKAGING = True
 
 MANIFEST = "plugin.toml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -163,6 +170,9 @@ def _dependencies(rd: _Reader, value, own_name: str) -> list:
 
 def load_manifest(plugin_dir: Path, source: str = "directory") -> PluginMetadata:
     """Read and validate ``<plugin_dir>/plugin.toml``; raise :class:`ManifestError` on any problem."""
+    if not HAS_PACKAGING:
+        raise PluginError("reading plugin manifests needs the Python package 'packaging' on the controller "
+                          "(it comes with ansible-core): pip install packaging")
     plugin_dir = Path(plugin_dir)
     file = plugin_dir / MANIFEST
     data = _parse_toml(file)

@@ -20,16 +20,29 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from ansible_collections.exliar.vfio.plugins.plugin_utils.api import (
     CRITICAL_PERMISSIONS,
     PERMISSIONS,
     PluginError,
     PluginMetadata,
 )
+
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+except ImportError:  # ansible-core depends on cryptography; only a bare test venv lacks it
+    HAS_CRYPTOGRAPHY = False
+    InvalidSignature = ValueError
+    serialization = None
+
+    class Ed25519PrivateKey:  # placeholders so isinstance() and hints still work
+        pass
+
+    class Ed25519PublicKey:
+        pass
+else:
+    HAS_CRYPTOGRAPHY = True
 
 SIGNATURE_FILE = "plugin.sig"
 APPROVE_COMMAND = ("ansible-playbook playbooks/plugins.yml -e vfio_plugin_action=approve "
@@ -43,14 +56,26 @@ class SecurityError(PluginError):
     """A plugin (or its directory, signature, pin or approval) failed a security check."""
 
 
+def _need_cryptography() -> None:
+    """Unsigned plugins work without cryptography; keys and signatures do not."""
+    if not HAS_CRYPTOGRAPHY:
+        raise SecurityError("plugin signatures need the Python package 'cryptography' on the controller "
+                            "(it comes with ansible-core): pip install cryptography")
+
+
 # ---- hashing ----------------------------------------------------------------------------
 
 def _excluded(rel_parts: tuple) -> bool:
-    if rel_parts == (SIGNATURE_FILE,):
-        return True
-    if "__pycache__" in rel_parts:
-        return True
-    return rel_parts[-1].endswith(".pyc")
+    """plugin.sig at the top, and ``__pycache__`` (with the ``*.pyc`` Python writes there).
+
+    A ``.pyc`` elsewhere is hashed: Python imports a lone ``name.pyc`` as module ``name``.
+    """
+    return rel_parts == (SIGNATURE_FILE,) or "__pycache__" in rel_parts
+
+
+def _walk_error(exc: OSError) -> None:
+    """os.walk skips unreadable directories silently; a skipped directory would escape the hashes."""
+    raise SecurityError(f"{exc.filename}: cannot read ({exc.strerror}); every file of a plugin must be readable")
 
 
 def _sha256_file(path: str) -> str:
@@ -67,15 +92,15 @@ def _sha256_file(path: str) -> str:
 def hash_manifest(plugin_dir) -> dict[str, str]:
     """sha256 of every regular file below ``plugin_dir``, by relative posix path, sorted.
 
-    Left out: ``plugin.sig`` at the top and Python's byte-code caches (``__pycache__``, ``*.pyc``),
-    which Python rewrites on import. A symlink to a file inside the directory is hashed as that
+    Left out: ``plugin.sig`` at the top and Python's byte-code caches (``__pycache__``
+    directories, with the ``*.pyc`` files Python rewrites there on import). A symlink to a file inside the directory is hashed as that
     file; a symlink leading outside, a symlink to a directory and special files are refused.
     """
     root = Path(plugin_dir).resolve()
     if not root.is_dir():
         raise SecurityError(f"{plugin_dir}: not a directory")
     hashes = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for entry in sorted(dirnames + filenames):
@@ -119,6 +144,7 @@ def plugin_digest(hashes: dict[str, str]) -> str:
 
 def generate_keypair() -> tuple[bytes, bytes]:
     """A new ed25519 key pair as (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM)."""
+    _need_cryptography()
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
@@ -137,6 +163,7 @@ def key_id(key) -> str:
 
 
 def _load_private(private_key) -> Ed25519PrivateKey:
+    _need_cryptography()
     if isinstance(private_key, Ed25519PrivateKey):
         return private_key
     if isinstance(private_key, str):
@@ -153,6 +180,7 @@ def _load_private(private_key) -> Ed25519PrivateKey:
 
 def _load_public(key) -> Ed25519PublicKey:
     """An ed25519 public key from a key object, a PEM (bytes or str) or 32 raw bytes."""
+    _need_cryptography()
     if isinstance(key, Ed25519PublicKey):
         return key
     if isinstance(key, Ed25519PrivateKey):
@@ -250,6 +278,7 @@ def verify_plugin(plugin_dir, trusted_keys: list, hashes: dict[str, str] | None 
         return SignatureStatus("unsigned", None, digest)
     if sig_path.is_symlink() or not sig_path.is_file():
         raise SecurityError(f"{sig_path}: must be a regular file, not a symlink or directory")
+    _need_cryptography()
     doc = _read_signature(sig_path)
     keys = {}
     for index, key in enumerate(trusted_keys or []):
@@ -329,7 +358,7 @@ def check_directory_safe(path) -> None:
                 raise SecurityError(f"{ancestor}: {what} of {path} is writable by "
                                     f"{_who(mode)} (mode {mode:04o}): they could change the plugin; "
                                     + fix.format(p=ancestor))
-    for dirpath, dirnames, filenames in os.walk(real, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(real, onerror=_walk_error, followlinks=False):
         for entry in dirnames + filenames:
             full = os.path.join(dirpath, entry)
             st = os.lstat(full)
@@ -337,11 +366,11 @@ def check_directory_safe(path) -> None:
                 continue  # its target is inside (hash_manifest refuses others) and checked as itself
             mode = stat.S_IMODE(st.st_mode)
             if not _owner_ok(st):
-                raise SecurityError(f"{full}: owned by uid {st.st_uid}, not by root or you (uid {os.geteuid()}); "
-                                    f"fix it with: chown {os.geteuid()} {full}")
+                raise SecurityError(f"{full}: owned by uid {st.st_uid}, not by root or you (uid {os.geteuid()}): "
+                                    f"that user could change the plugin; fix it with: chown -R {os.geteuid()} {real}")
             if mode & (stat.S_IWGRP | stat.S_IWOTH):
                 raise SecurityError(f"{full}: writable by {_who(mode)} (mode {mode:04o}): they could change "
-                                    f"the plugin; fix it with: chmod go-w {full}")
+                                    f"the plugin; fix it with: chmod -R go-w {real}")
 
 
 def _who(mode: int) -> str:
@@ -375,13 +404,13 @@ class Approvals:
     FORMAT = 1
 
     def __init__(self, path, records: dict | None = None):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.records: dict = dict(records or {})
 
     @classmethod
     def load(cls, path) -> "Approvals":
         """Read the file; a missing file is no approvals. One that others can write is refused."""
-        path = Path(path)
+        path = Path(path).expanduser()
         try:
             st = os.stat(path)
         except FileNotFoundError:

@@ -10,6 +10,7 @@ costs a task or a round trip.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -102,6 +103,19 @@ def discover(settings: Settings, manager: PluginManager) -> list:
     return metas
 
 
+def disabled_file(settings: Settings) -> Path:
+    """Plugins the user disabled with playbooks/plugins.yml, beside the approvals file."""
+    return Path(settings.approvals_file).expanduser().parent / "disabled.json"
+
+
+def load_disabled(settings: Settings) -> set:
+    try:
+        data = json.loads(disabled_file(settings).read_text())
+        return set(data) if isinstance(data, list) else set()
+    except (OSError, ValueError):
+        return set()
+
+
 def read_keys(paths: list) -> list:
     keys = []
     for p in paths:
@@ -156,6 +170,7 @@ class Session:
     # ---- open / save -----------------------------------------------------------------
     def open(self, metas: list) -> None:
         previous = state_store.load_host_state(self.rdir, self.host)
+        self.manager.disabled |= load_disabled(self.settings)
         self.manager.load_all(metas)
         self.manager.set_service("state_tracker", StateTracker(self))
         if previous and previous.get("loaded"):
@@ -218,6 +233,26 @@ class Session:
         m.invoke_hook("on_device_enumeration", [api.PciDevice.from_fact(d) for d in facts.get("pci_devices") or []])
         for gpu in facts.get("gpus") or []:
             m.invoke_hook("on_gpu_detected", api.GpuDevice.from_fact(gpu))
+
+    def run_command(self, command: str, args: list) -> str:
+        """Run a command a plugin registered (``playbooks/plugins.yml``, action run)."""
+        m = self.manager
+        for name in m.plugins:
+            if name not in m.disabled:
+                m.register(name)
+        cmd = m.commands.get(command)
+        if cmd is None:
+            known = ", ".join(sorted(m.commands)) or "none"
+            raise api.PluginError(f"no plugin registered the command {command!r} (registered: {known})")
+        outcome = m.call_with_isolation(cmd.plugin, f"command:{command}", lambda: cmd.handler(list(args), m.contexts[cmd.plugin]))
+        return "" if outcome is None else str(outcome)
+
+    def ui_event(self, panel: str, action: str, data: dict) -> None:
+        """Deliver a UI event to the plugin owning ``panel`` (``plugin:panel`` or the plugin's name)."""
+        plugin = panel.split(":", 1)[0]
+        if plugin not in self.manager.plugins:
+            raise api.PluginError(f"no loaded plugin owns the panel {panel!r}")
+        self.manager.invoke_one(plugin, "on_ui_event", api.UiEvent(panel, action, dict(data or {})))
 
     def finish(self) -> None:
         if self.state.get("finished"):
