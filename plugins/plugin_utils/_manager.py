@@ -195,7 +195,13 @@ class PluginManager:
                 spec = importlib.util.spec_from_file_location(mod_name, entry)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
-                spec.loader.exec_module(module)
+                # no __pycache__ in the plugin directory: it would change the plugin's hash and,
+                # created group-writable under a 002 umask, make the directory unsafe to load
+                saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+                try:
+                    spec.loader.exec_module(module)
+                finally:
+                    sys.dont_write_bytecode = saved
             factory = getattr(module, "create_plugin", None)
             if not callable(factory):
                 raise api.PluginError(f"{entry}: no create_plugin() function", plugin=meta.name)
