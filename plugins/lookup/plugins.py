@@ -16,7 +16,7 @@ author:
 options:
   _terms:
     description:
-      - V(list) returns every plugin (as C(vfio_plugin) O(action=list) does); V(get) followed by a name returns that
+      - V(list) returns every plugin (as the M(exliar.vfio.vfio_plugin) module's C(list) action does); V(get) followed by a name returns that
         plugin; V(hooks) returns the hook names in lifecycle order; V(permissions) returns the permission vocabulary;
         V(api_version) returns the plugin API version.
     required: true

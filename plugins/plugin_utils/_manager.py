@@ -384,5 +384,3 @@ class PluginManager:
             self.invoke_one(name, "on_cleanup")
         for name in reversed(order):
             self.invoke_one(name, "on_unload")
-
-
