@@ -285,12 +285,23 @@ class PluginManager:
         """Let each plugin change ``arg`` in turn; a plugin's change is kept only if it returned cleanly."""
         if hook not in api.HOOKS:
             raise api.PluginError(f"unknown hook {hook!r}")
+        permission = api.MUTATING_HOOKS.get(hook)
         current = arg
         for name in self.active(hook):
             candidate = copy.deepcopy(current)
             ok, _failure, _result = self._run(name, hook, lambda c=candidate: c)
-            if ok:
-                current = candidate
+            if not ok:
+                continue
+            if permission and permission not in self.meta[name].permissions and candidate != current:
+                failure = HookFailure(name, hook, f"changed the {HOOK_ARGUMENT.get(hook, 'argument')} without the "
+                                      f"{permission!r} permission; the change was discarded", "permission",
+                                      self.meta[name].critical, self.host)
+                self.failures.append(failure)
+                if self.meta[name].critical:
+                    raise CriticalPluginFailure(f"critical plugin {name} failed in {hook}: {failure.error}",
+                                                plugin=name, hook=hook)
+                continue
+            current = candidate
         return current
 
     def invoke_one(self, name: str, hook: str, arg=_NO_ARG):
@@ -368,8 +379,9 @@ class PluginManager:
             self.register(name)
 
     def register(self, name: str) -> None:
-        ui = api.UiRegistry(name)
-        cmds = api.CommandRegistry(name)
+        perms = self.meta[name].permissions
+        ui = api.UiRegistry(name, allowed="ui" in perms)
+        cmds = api.CommandRegistry(name, allowed="commands" in perms)
         if "register_ui_elements" in self.meta[name].hooks:
             self.invoke_one(name, "register_ui_elements", ui)
         if "register_commands" in self.meta[name].hooks:

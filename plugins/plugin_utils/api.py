@@ -33,8 +33,9 @@ LIFECYCLE = (
 # Hooks outside the stage sequence.
 EVENT_HOOKS = ("on_ui_event",)
 HOOKS = LIFECYCLE + EVENT_HOOKS
-# Hooks whose argument a plugin may change; a change is kept only if the hook returns cleanly.
-MUTATING_HOOKS = ("on_pre_vm_start",)
+# Hooks whose argument a plugin may change, and the permission that allows it; a change is
+# kept only if the hook returns cleanly.
+MUTATING_HOOKS = {"on_pre_vm_start": "vm:modify"}
 
 
 class PluginError(Exception):
@@ -192,11 +193,15 @@ class UiPanel:
 class UiRegistry:
     """Panels plugins add to the run report; ``render(ctx)`` returns text or a dict of figures."""
 
-    def __init__(self, plugin: str | None = None):
+    def __init__(self, plugin: str | None = None, allowed: bool = True):
         self.plugin = plugin
+        self.allowed = allowed
         self.panels: dict = {}
 
     def register_panel(self, panel_id: str, title: str, render: Callable) -> None:
+        if not self.allowed:
+            raise PermissionDenied(f"plugin {self.plugin!r} needs the 'ui' permission to register panels",
+                                   plugin=self.plugin)
         if not callable(render):
             raise PluginError(f"panel {panel_id!r}: render must be callable")
         if panel_id in self.panels:
@@ -215,11 +220,15 @@ class Command:
 class CommandRegistry:
     """Commands users run with ``playbooks/plugins.yml``; ``handler(args, ctx)``."""
 
-    def __init__(self, plugin: str | None = None):
+    def __init__(self, plugin: str | None = None, allowed: bool = True):
         self.plugin = plugin
+        self.allowed = allowed
         self.commands: dict = {}
 
     def register_command(self, name: str, description: str, handler: Callable) -> None:
+        if not self.allowed:
+            raise PermissionDenied(f"plugin {self.plugin!r} needs the 'commands' permission to register commands",
+                                   plugin=self.plugin)
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise PluginError(f"command name {name!r}: use letters, digits, '-' and '_'")
         if not callable(handler):
