@@ -10,7 +10,7 @@ from ansible_collections.exliar.vfio.plugins.plugin_utils import _admin
 from ansible_collections.exliar.vfio.plugins.plugin_utils import api
 from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import CriticalPluginFailure
 from ansible_collections.exliar.vfio.plugins.plugin_utils._security import SecurityError
-from ansible_collections.exliar.vfio.plugins.plugin_utils._session import Settings, open_session
+from ansible_collections.exliar.vfio.plugins.plugin_utils._session import Settings, open_session, plugin_vars
 
 ACTIONS = ("list", "approve", "revoke", "enable", "disable", "verify", "run", "event", "keygen", "sign")
 NEEDS_NAME = ("approve", "revoke", "enable", "disable", "sign")
@@ -30,7 +30,10 @@ class ActionModule(ActionBase):
         name = args.get("name")
         if action in NEEDS_NAME and not name:
             return dict(result, failed=True, msg=f"action {action} needs the plugin's name (vfio_plugin_name)")
-        settings = Settings.from_vars(task_vars)
+        try:
+            settings = Settings.from_vars(plugin_vars(task_vars, self._templar.template))
+        except api.PluginError as exc:
+            return dict(result, failed=True, msg=f"plugin settings: {exc}")
         try:
             result.update(self._do(action, name, args, settings, task_vars))
         except (api.PluginError, SecurityError, CriticalPluginFailure) as exc:
@@ -68,7 +71,7 @@ class ActionModule(ActionBase):
                 return {"failed": True, "msg": "sign needs the private key's path (vfio_plugin_key)"}
             return {"changed": not check, **({} if check else _admin.sign(settings, name, args["key"]))}
         host = task_vars.get("inventory_hostname", "localhost")
-        session = open_session(task_vars, host)
+        session = open_session(task_vars, host, template=self._templar.template)
         if session is None:
             return {"failed": True, "msg": "no extension plugin is installed or enabled for this host"}
         try:

@@ -23,9 +23,9 @@ requirements:
 options:
   report_dir:
     description:
-      - Directory for the HTML run report (one file per run). Empty to write none.
+      - Directory for the HTML run report (one file per run). Set it to an empty string to write none.
       - Defaults to C(exliar-vfio/reports) in the user's cache directory (C($XDG_CACHE_HOME) or C(~/.cache)).
-    type: path
+    type: str
     env:
       - name: EXLIAR_VFIO_REPORT_DIR
     ini:

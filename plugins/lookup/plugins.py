@@ -45,7 +45,7 @@ from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
 from ansible_collections.exliar.vfio.plugins.plugin_utils import _admin, api
-from ansible_collections.exliar.vfio.plugins.plugin_utils._session import Settings
+from ansible_collections.exliar.vfio.plugins.plugin_utils._session import Settings, plugin_vars
 
 
 class LookupModule(LookupBase):
@@ -53,7 +53,8 @@ class LookupModule(LookupBase):
         if not terms:
             raise AnsibleLookupError("say what to look up: list, get NAME, hooks, permissions or api_version")
         what = str(terms[0])
-        settings = Settings.from_vars(variables or {})
+        variables = variables or {}
+        settings = Settings.from_vars(plugin_vars(variables, self._templar.template if self._templar else None))
         try:
             if what == "list":
                 return [_admin.describe(settings)]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+from ansible_collections.exliar.vfio.plugins.plugin_utils.api import VfioPlugin
+
 
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -27,10 +29,13 @@ class EventBus:
     def subscribe(self, plugin: str, event_type: type, handler) -> None:
         if not isinstance(event_type, type):
             raise TypeError("subscribe() takes the event class, e.g. ctx.subscribe(MyEvent, self.on_my_event)")
+        if any(p == plugin and t is event_type and h == handler for p, t, h in self._subs):
+            return  # subscribing again (a later stage re-running setup code) must not deliver twice
         self._subs.append((plugin, event_type, handler))
         owner = getattr(handler, "__self__", None)
         name = getattr(handler, "__name__", None)
-        if owner is not None and name and getattr(owner, name, None) == handler:
+        # only a method of the plugin itself can be re-attached to the plugin in a later task
+        if isinstance(owner, VfioPlugin) and name and getattr(owner, name, None) == handler:
             rec = (plugin, _type_name(event_type), name)
             if rec not in self.persistent:
                 self.persistent.append(rec)
@@ -46,9 +51,10 @@ class EventBus:
                 cls = importlib.import_module(module)
                 for part in qual.split("."):
                     cls = getattr(cls, part)
+                handler = getattr(inst, method)
             except (ImportError, AttributeError):
                 continue
-            self.subscribe(plugin, cls, getattr(inst, method))
+            self.subscribe(plugin, cls, handler)
 
     def drop(self, plugin: str) -> None:
         self._subs = [s for s in self._subs if s[0] != plugin]

@@ -9,10 +9,10 @@ from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import Critic
 from ansible_collections.exliar.vfio.plugins.plugin_utils._session import open_session
 
 
-def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict) -> dict:
+def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict, template=None) -> dict:
     host = task_vars.get("inventory_hostname") or "localhost"
     try:
-        session = open_session(task_vars, host)
+        session = open_session(task_vars, host, template=template)
     except api.PluginError as exc:
         result.update(failed=True, msg=f"extension plugins: {exc}")
         return result
@@ -23,6 +23,7 @@ def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict) -> d
     except CriticalPluginFailure as exc:
         result.update(failed=True, msg=str(exc))
     finally:
+        session.pack()
         summary = session.summary()
         session.save()
     result["vfio_plugins"] = summary

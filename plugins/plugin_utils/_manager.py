@@ -136,10 +136,15 @@ class PluginManager:
         self.warnings.extend(res.warnings)
         loaded = []
         for name in res.order:
+            if name in self.disabled:  # a disabled plugin's code is never imported
+                self.meta[name] = by_name[name]
+                by_name[name].enabled = False
+                continue
             missing = [d.name for d in by_name[name].dependencies
                        if not d.optional and d.name not in self.plugins]
             if missing:
-                self.rejected[name] = f"not loaded because its dependency {', '.join(missing)} was not loaded"
+                why = "disabled" if any(m in self.disabled for m in missing) else "not loaded"
+                self.rejected[name] = f"not loaded because its dependency {', '.join(missing)} was {why}"
                 continue
             try:
                 self._load(by_name[name])
@@ -266,6 +271,10 @@ class PluginManager:
             ctx._services[name] = value  # pylint: disable=protected-access
 
     # ---- dispatch ----------------------------------------------------------------------
+    def warnings_of_plugins(self) -> list:
+        """Load-time warnings (unsigned, untested API, misnamed hooks) of every plugin, attributed."""
+        return [f"plugin {m.name}: {w}" for m in self.meta.values() for w in m.warnings]
+
     def active(self, hook: str) -> list:
         return [n for n in self.hooks.get(hook, []) if n not in self.disabled and n in self.plugins]
 
@@ -319,6 +328,11 @@ class PluginManager:
         def target():
             try:
                 outcome["result"] = _call(fn, ctx, make_arg())
+            except CriticalPluginFailure as exc:
+                if exc.plugin == name:
+                    outcome["exc"] = exc
+                else:  # another (critical) plugin's event handler failed: that fails the host, not us
+                    outcome["critical"] = exc
             except BaseException as exc:  # noqa: BLE001 - isolation: report any failure
                 outcome["exc"] = exc
                 outcome["tb"] = traceback.format_exc(limit=4)
@@ -336,6 +350,8 @@ class PluginManager:
             kind = "permission" if isinstance(exc, api.PermissionDenied) else "error"
             failure = HookFailure(name, hook, f"{type(exc).__name__}: {exc}", kind, meta.critical, self.host)
         self.calls.append(HookCall(name, hook, round(ms, 2), failure is None))
+        if "critical" in outcome:
+            raise outcome["critical"]
         if failure:
             self.failures.append(failure)
             if meta.critical:
@@ -382,10 +398,14 @@ class PluginManager:
         perms = self.meta[name].permissions
         ui = api.UiRegistry(name, allowed="ui" in perms)
         cmds = api.CommandRegistry(name, allowed="commands" in perms)
-        if "register_ui_elements" in self.meta[name].hooks:
-            self.invoke_one(name, "register_ui_elements", ui)
         if "register_commands" in self.meta[name].hooks:
             self.invoke_one(name, "register_commands", cmds)
+        if "register_ui_elements" in self.meta[name].hooks:
+            self.invoke_one(name, "register_ui_elements", ui)
+        for cname in cmds.commands:
+            owner = self.commands.get(cname)
+            if owner is not None and owner.plugin != name:
+                self.warnings.append(f"command {cname!r} of plugin {name} replaces the one of plugin {owner.plugin}")
         self.panels.update({f"{name}:{k}": v for k, v in ui.panels.items()})
         self.commands.update(cmds.commands)
 

@@ -58,8 +58,17 @@ def render_html(results: dict, plugins: dict, title: str = "exliar.vfio run repo
                 parts.append(f"<p class='failed'>{_e(f['plugin'])} failed in {_e(f['hook'])}: {_e(f['error'])}</p>")
             for name, reason in sorted(s.get("rejected", {}).items()):
                 parts.append(f"<p class='failed'>{_e(name)} not loaded: {_e(reason)}</p>")
+            for w in s.get("warnings", []):
+                parts.append(f"<p>warning: {_e(w)}</p>")
             for title_, content in p.get("panels", []):
                 parts.append(render_panel(title_, content))
+            if s.get("records"):
+                rows = "".join(f"<tr><td>{_e(r.get('plugin'))}</td><td>{_e(r['operation'])}</td>"
+                               f"<td>{_e(json.dumps(r.get('details', {})))}</td></tr>" for r in s["records"])
+                parts.append(f"<h3>Operations recorded by plugins</h3><table>{rows}</table>")
+            if s.get("log"):
+                lines = "\n".join(f"[{r['plugin']}] {r['level']}: {r['message']}" for r in s["log"])
+                parts.append(f"<h3>Plugin log</h3><pre>{_e(lines)}</pre>")
     parts.append(f"<script type='application/json' id='data'>{_e(json.dumps(sorted(results)))}</script>")
     parts.append("</body></html>")
     return "".join(parts)

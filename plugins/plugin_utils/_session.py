@@ -18,20 +18,39 @@ from pathlib import Path
 
 from ansible_collections.exliar.vfio.plugins.plugin_utils import api
 from ansible_collections.exliar.vfio.plugins.plugin_utils import _state as state_store
-from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import HookFailure, PluginManager
+from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import CriticalPluginFailure, HookFailure, PluginManager
+from ansible_collections.exliar.vfio.plugins.plugin_utils._manifest import load_manifest
 from ansible_collections.exliar.vfio.plugins.plugin_utils._security import (
     Approvals, SecurityPolicy, evaluate,
 )
 
 COLLECTION_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_DIR = COLLECTION_ROOT / "builtin_plugins"
-USER_DIR = Path("~/.config/exliar-vfio/plugins")
 SYSTEM_DIR = Path("/usr/share/exliar-vfio/plugins")
 ENTRY_POINT_GROUP = "exliar_vfio.plugins"
 
 
+PLUGIN_VARS = ("vfio_plugins", "vfio_plugin_dirs", "vfio_plugin_default_dirs", "vfio_plugins_enabled",
+               "vfio_plugin_require_signatures", "vfio_plugin_trusted_keys", "vfio_plugin_pins",
+               "vfio_plugin_approvals_file")
+
+
 def config_home() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "exliar-vfio"
+
+
+def _bool(value, default: bool) -> bool:
+    """Inventory and -e values arrive as strings too: 'false' must mean false."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on", "y"):
+            return True
+        if v in ("0", "false", "no", "off", "n", ""):
+            return False
+        raise api.PluginError(f"{value!r} is not a boolean (use true or false)")
+    return bool(value)
 
 
 @dataclass
@@ -55,9 +74,9 @@ class Settings:
         return cls(
             plugins=dict(v.get("vfio_plugins") or {}),
             dirs=[str(d) for d in listish(v.get("vfio_plugin_dirs"))],
-            default_dirs=bool(v.get("vfio_plugin_default_dirs", True)),
-            enabled=bool(v.get("vfio_plugins_enabled", True)),
-            require_signatures=bool(v.get("vfio_plugin_require_signatures", False)),
+            default_dirs=_bool(v.get("vfio_plugin_default_dirs"), True),
+            enabled=_bool(v.get("vfio_plugins_enabled"), True),
+            require_signatures=_bool(v.get("vfio_plugin_require_signatures"), False),
             trusted_keys=[str(k) for k in listish(v.get("vfio_plugin_trusted_keys"))],
             pins=dict(v.get("vfio_plugin_pins") or {}),
             approvals_file=str(v.get("vfio_plugin_approvals_file") or config_home() / "approvals.json"),
@@ -69,7 +88,7 @@ class Settings:
     def search_dirs(self) -> list:
         dirs = [(BUILTIN_DIR, "builtin")]
         if self.default_dirs:
-            dirs += [(USER_DIR.expanduser(), "user"), (SYSTEM_DIR, "system")]
+            dirs += [(config_home() / "plugins", "user"), (SYSTEM_DIR, "system")]
         dirs += [(Path(d).expanduser(), "directory") for d in self.dirs]
         return dirs
 
@@ -86,12 +105,18 @@ def _entry_point_metas(manager: PluginManager) -> list:
     except Exception:  # noqa: BLE001 - a broken site-packages must not stop the run
         return metas
     for ep in eps:
-        spec = importlib.util.find_spec(ep.module)
+        try:
+            spec = importlib.util.find_spec(ep.module)
+        except (ImportError, ValueError):
+            spec = None
         if spec is None or not spec.origin:
             manager.rejected[ep.name] = f"entry point {ep.value}: module not found"
             continue
         plugin_dir = Path(spec.origin).parent
-        metas.extend(m for m in manager.discover_plugins(plugin_dir.parent, "entry_point") if Path(m.path) == plugin_dir)
+        try:
+            metas.append(load_manifest(plugin_dir, "entry_point"))
+        except api.PluginError as exc:
+            manager.rejected[ep.name] = str(exc)
     return metas
 
 
@@ -99,7 +124,8 @@ def discover(settings: Settings, manager: PluginManager) -> list:
     metas = []
     for d, source in settings.search_dirs():
         metas.extend(manager.discover_plugins(d, source))
-    metas.extend(_entry_point_metas(manager))
+    if settings.default_dirs:
+        metas.extend(_entry_point_metas(manager))
     return metas
 
 
@@ -188,12 +214,22 @@ class Session:
             self.state = {"calls": [], "failures": [], "loaded": True}
             self.manager.start()
 
-    def save(self) -> None:
+    def pack(self) -> dict:
+        """Pickle every plugin's storage now, so warnings about values that cannot be kept
+        reach the task's result."""
         storage = {}
         for name, ctx in self.manager.contexts.items():
             blobs, warnings = state_store.pack_storage(ctx._storage)  # pylint: disable=protected-access
             storage[name] = blobs
             self.manager.warnings.extend(f"{name}: {w}" for w in warnings)
+        self._packed = storage
+        return storage
+
+    def save(self) -> None:
+        storage = getattr(self, "_packed", None)
+        if storage is None:
+            storage = self.pack()
+        self._packed = None
         calls = self.state.get("calls", []) + [c.__dict__ for c in self.manager.calls]
         failures = self.state.get("failures", []) + [f.as_dict() for f in self.manager.failures]
         self.manager.calls.clear()
@@ -204,10 +240,13 @@ class Session:
             "storage": storage, "subscriptions": list(self.manager.bus.persistent),
             "calls": calls, "failures": failures, "log": self.log, "records": self.records,
             "plugins": metas, "rejected": dict(self.manager.rejected),
-            "warnings": sorted(set(self.state.get("warnings", []) + self.manager.warnings)),
+            "warnings": sorted(set(self.state.get("warnings", []) + self.manager.warnings
+                                   + self.manager.warnings_of_plugins())),
             "disabled": sorted(self.manager.disabled),
-            "panels": {k: {"title": p.title, "plugin": p.plugin} for k, p in self.manager.panels.items()},
-            "commands": {k: {"description": c.description, "plugin": c.plugin} for k, c in self.manager.commands.items()},
+            "panels": {k: {"title": p.title, "plugin": p.plugin} for k, p in self.manager.panels.items()}
+            or self.state.get("panels", {}),
+            "commands": {k: {"description": c.description, "plugin": c.plugin} for k, c in self.manager.commands.items()}
+            or self.state.get("commands", {}),
             "finished": self.state.get("finished", False),
         }
         state_store.save_host_state(self.rdir, self.host, self.state)
@@ -217,7 +256,7 @@ class Session:
         return {
             "loaded": [n for n in self.manager.plugins if n not in self.manager.disabled],
             "rejected": dict(self.manager.rejected),
-            "warnings": sorted(set(self.manager.warnings)),
+            "warnings": sorted(set(self.manager.warnings + self.manager.warnings_of_plugins())),
             "failures": [f.as_dict() for f in self.manager.failures],
             "calls": len(self.manager.calls),
         }
@@ -254,11 +293,26 @@ class Session:
             raise api.PluginError(f"no loaded plugin owns the panel {panel!r}")
         self.manager.invoke_one(plugin, "on_ui_event", api.UiEvent(panel, action, dict(data or {})))
 
-    def finish(self) -> None:
+    def finish(self) -> list:
+        """The end of the lifecycle: on_cleanup, the panels rendered for the report, on_unload.
+
+        Returns ``[(title, content)]`` of the panels."""
         if self.state.get("finished"):
-            return
-        self.manager.finish()
+            return []
+        m = self.manager
+        order = [n for n in m.plugins if n not in m.disabled]
+        for name in order:
+            m.invoke_one(name, "on_cleanup")
+        panels = []
+        for name in order:
+            m.panels.clear()
+            m.register(name)
+            for panel in m.panels.values():
+                panels.append((panel.title, _render_panel(self, panel)))
+        for name in reversed(order):
+            m.invoke_one(name, "on_unload")
         self.state["finished"] = True
+        return panels
 
 
 class DeviceManager:
@@ -283,17 +337,22 @@ class DeviceManager:
 
 
 class StateTracker:
-    """Records the operations a plugin performs (``ctx.state_tracker().record(...)``).
+    """Records the operations plugins perform (``ctx.state_tracker().record(...)``).
 
-    Entries are kept with the host's run state and shown in the run report; the host's
-    change journal receives them when a stage that writes to the host runs.
+    Entries name the plugin, are kept with the host's run state and shown in the run report;
+    the host's change journal receives them once a stage that writes to the host runs.
     """
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, plugin: str | None = None):
         self._session = session
+        self._plugin = plugin
+
+    def for_plugin(self, plugin: str) -> "StateTracker":
+        return StateTracker(self._session, plugin)
 
     def record(self, operation: str, **details) -> None:
-        self._session.records.append({"operation": str(operation), "details": {k: str(v) for k, v in details.items()}})
+        self._session.records.append({"plugin": self._plugin, "operation": str(operation),
+                                      "details": {k: str(v) for k, v in details.items()}})
 
 
 def _meta_dict(m) -> dict:
@@ -303,9 +362,18 @@ def _meta_dict(m) -> dict:
             "warnings": list(m.warnings), "description": m.description, "author": m.author}
 
 
-def open_session(task_vars: dict, host: str, rdir: Path | None = None):
+def plugin_vars(task_vars: dict, template=None) -> dict:
+    """The plugin variables of a host, templated (inventory values may hold Jinja)."""
+    out = {}
+    for key in PLUGIN_VARS:
+        if key in task_vars:
+            out[key] = template(task_vars[key]) if template is not None else task_vars[key]
+    return out
+
+
+def open_session(task_vars: dict, host: str, rdir: Path | None = None, template=None):
     """The host's session, or None when plugins are switched off or none is installed."""
-    settings = Settings.from_vars(task_vars)
+    settings = Settings.from_vars(plugin_vars(task_vars, template))
     if not settings.enabled:
         return None
     probe = PluginManager(host)
@@ -327,22 +395,19 @@ def finish_run(rdir: Path) -> dict:
         probe = PluginManager(host)
         metas = discover(settings, probe)
         session = Session(host, settings, rdir)
-        session.open(metas)
-        session.finish()
         panels = []
-        for name in list(session.manager.plugins):
-            if name in session.manager.disabled:
-                continue
-            session.manager.panels.clear()
-            session.manager.register(name)
-            for panel in session.manager.panels.values():
-                content = _render_panel(session, panel)
-                panels.append((panel.title, content))
+        try:
+            session.open(metas)
+            panels = session.finish()
+        except CriticalPluginFailure as exc:  # the run is over: report it, finish the other hosts
+            session.manager.warnings.append(f"critical plugin failure at the end of the run: {exc}")
+            session.state["finished"] = True
         session.save()
         st = session.state
         plugins = {n: dict(m, enabled=n not in st.get("disabled", [])) for n, m in st.get("plugins", {}).items()}
         out[host] = {
             "summary": {"plugins": plugins, "failures": st.get("failures", []), "rejected": st.get("rejected", {}),
+                        "warnings": st.get("warnings", []),
                         "calls": st.get("calls", []), "log": st.get("log", []), "records": st.get("records", [])},
             "panels": panels,
         }

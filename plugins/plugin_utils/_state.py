@@ -52,8 +52,22 @@ def host_state_path(rdir: Path, host: str) -> Path:
     return rdir / "hosts" / f"{_safe(host)}.pickle"
 
 
+def _trusted(path: Path) -> bool:
+    """Only unpickle state that this user wrote, in a directory nobody else can write."""
+    try:
+        for p in (path, path.parent, path.parent.parent):
+            st = p.stat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def load_host_state(rdir: Path, host: str):
     path = host_state_path(rdir, host)
+    if path.exists() and not _trusted(path):
+        return None
     try:
         with open(path, "rb") as f:
             state = pickle.load(f)
@@ -70,6 +84,7 @@ def save_host_state(rdir: Path, host: str, state: dict) -> None:
     """Write atomically: a worker killed mid-write leaves the previous state intact."""
     path = host_state_path(rdir, host)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent.parent, 0o700)
     state = dict(state, version=STATE_VERSION, saved=time.time())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:

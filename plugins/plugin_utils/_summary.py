@@ -84,6 +84,8 @@ def render_plugins(summary: dict) -> list:
     if plugins:
         lines.append("  plugins    " + ", ".join(
             f"{n} {m.get('version')}" + ("" if m.get("enabled", True) else " (disabled)") for n, m in sorted(plugins.items())))
+    for w in summary.get("warnings") or []:
+        lines.append(f"    ! {w}")
     for f in summary.get("failures") or []:
         lines.append(f"    ! plugin {f['plugin']} failed in {f['hook']}: {f['error']}")
     for name, reason in sorted((summary.get("rejected") or {}).items()):

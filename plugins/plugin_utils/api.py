@@ -483,7 +483,8 @@ class PluginContext:
         return self._service("vfio_manager", "vfio:manage")
 
     def state_tracker(self):
-        return self._service("state_tracker", "state:write")
+        tracker = self._service("state_tracker", "state:write")
+        return tracker.for_plugin(self.plugin) if hasattr(tracker, "for_plugin") else tracker
 
     def target(self):
         """Access to the managed host (files, commands) when the stage runs against one."""

@@ -30,7 +30,7 @@ class GpuInventory(VfioPlugin):
         section = ctx.config().get_section("gpu-inventory")
         ctx.set("include_integrated", bool(section.get_bool("include_integrated", False)))
         ctx.set("inventory", Inventory())
-        ctx.subscribe(CandidateFound, self.on_candidate)
+        ctx.subscribe(CandidateFound, self.handle_candidate)
         ctx.logger().info("gpu-inventory loaded")
 
     def on_system_detected(self, ctx, system):
@@ -44,7 +44,7 @@ class GpuInventory(VfioPlugin):
         if gpu.group_viable:
             ctx.emit(CandidateFound(address=gpu.bdf(), model=gpu.model_name()))
 
-    def on_candidate(self, event):
+    def handle_candidate(self, event):
         # handlers receive the events of every plugin, this one included
         self.announced.append(event.address)
 
