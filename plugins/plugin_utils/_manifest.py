@@ -21,15 +21,13 @@ from ansible_collections.exliar.vfio.plugins.plugin_utils.api import (
     PluginMetadata,
 )
 
-try:
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-    from packaging.version import InvalidVersion, Version
-except ImportError:  # ansible-core depends on packaging; only a bare test venv lacks it
-    HAS_PACKAGING = False
-    InvalidSpecifier = InvalidVersion = ValueError
-    SpecifierSet = Version = None
-else:
-    HAS_PACKAGING = True
+from ansible_collections.exliar.vfio.plugins.plugin_utils._deps import (  # one guarded import of packaging
+    HAS_PACKAGING,
+    InvalidSpecifier,
+    InvalidVersion,
+    SpecifierSet,
+    Version,
+)
 
 MANIFEST = "plugin.toml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")

@@ -395,7 +395,14 @@ def versions() -> dict:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):  # --suite plugins: the options that follow are plugins_bench.py's own
+        if a == "--suite=plugins" or (a == "--suite" and argv[i + 1:i + 2] == ["plugins"]):
+            import plugins_bench  # noqa: PLC0415  (tests/bench/plugins_bench.py, beside this file)
+            return plugins_bench.main(argv[:i] + argv[i + (1 if "=" in a else 2):])
     ap = argparse.ArgumentParser(description="exliar.vfio benchmarks (ratios, not pass/fail)")
+    ap.add_argument("--suite", choices=["main", "plugins"], default="main",
+                    help="plugins: the extension-plugin benchmarks of tests/bench/plugins_bench.py instead")
     ap.add_argument("--only", choices=["facts", "playbook"], help="run one benchmark")
     ap.add_argument("--repeat", type=int, default=5, help="runs per variant of the facts benchmark (default 5)")
     ap.add_argument("--hosts", type=int, default=200, help="lab hosts in the playbook benchmark (default 200)")

@@ -24,6 +24,7 @@ import yaml
 from _support import FailureWatch, close_ssh_masters, record_timing
 from build_sysroot import DEFAULT_OUT, build, load_profile, profile_paths
 from labrun import cached_facts, recap, run_playbook
+from vm import die_with_parent
 
 pytestmark = pytest.mark.system
 
@@ -121,7 +122,7 @@ class Fleet:
         log = open(d / "sshd.log", "w")
         self.sshd[host] = subprocess.Popen(
             ["ip", "netns", "exec", info["ns"], "/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -215,6 +215,15 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the test process dies, even by SIGKILL (prctl PDEATHSIG),
+    so no QEMU or sshd outlives an interrupted run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -262,6 +271,8 @@ def ensure_image(cache_root: Path = CACHE_ROOT) -> GuestImage:
         except BaseException:
             log(f"image build failed; logs kept in {work}")
             raise
+        for leftover in ("BOOTX64.EFI", "early.cfg"):
+            (work / leftover).unlink(missing_ok=True)
         _rmtree(target)
         work.rename(target)
         image = GuestImage(target)
@@ -503,7 +514,7 @@ class VM:
             self.started_at = time.monotonic()
             stderr = open(self.rundir / "qemu.stderr", "w")
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
             stderr.close()
             time.sleep(1.0)
             if self.proc.poll() is None:
@@ -589,16 +600,33 @@ class VM:
             raise HarnessError(f"{self.name}: `{command}` failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
         return proc
 
+    def _banner(self, timeout: float = 5) -> bool:
+        """Does something answer with an SSH banner on the forwarded port? (cheap, before real ssh)"""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                return s.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
     def wait_ssh(self) -> float:
-        """Wait until SSH answers; returns the seconds since QEMU started."""
+        """Wait until SSH logs in; returns the seconds since QEMU started.
+
+        Until the guest's sshd listens, QEMU's user network accepts the forwarded connection and
+        then resets or stalls it, so the port is probed for the SSH banner (short timeouts) and
+        the real ssh login is only tried once the banner comes.
+        """
         deadline = time.monotonic() + self.boot_timeout
-        last = ""
+        last = "no SSH banner"
         while time.monotonic() < deadline:
             if not self.alive():
                 raise HarnessError(f"{self.name}: QEMU exited (rc {self.proc.returncode}) before SSH came up; "
                                    f"serial log tail:\n{self.serial_tail()}")
+            if not self._banner():
+                time.sleep(1)
+                continue
             try:
-                proc = subprocess.run(self.ssh_command("true"), capture_output=True, text=True, timeout=30,
+                proc = subprocess.run(self.ssh_command("true"), capture_output=True, text=True, timeout=60,
                                       stdin=subprocess.DEVNULL)
                 if proc.returncode == 0:
                     self.ssh_ready_after = time.monotonic() - self.started_at
@@ -607,8 +635,9 @@ class VM:
                     return self.ssh_ready_after
                 last = proc.stderr.strip()
             except subprocess.TimeoutExpired:
-                last = "ssh timed out"
-            time.sleep(2)
+                last = "ssh login timed out after the banner"
+            self.note(f"{time.monotonic() - self.started_at:.1f} s: {last}")
+            time.sleep(1)
         raise HarnessError(f"{self.name}: no SSH within {self.boot_timeout} s (last: {last}); "
                            f"serial log tail:\n{self.serial_tail()}")
 
