@@ -54,6 +54,12 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self.results: dict = {}
 
+    def v2_playbook_on_start(self, playbook) -> None:
+        """Scan plugin entry points once here; the forked workers inherit the result."""
+        from ansible_collections.exliar.vfio.plugins.plugin_utils._session import entry_points  # noqa: PLC0415
+
+        entry_points()
+
     def _host(self, result) -> dict:
         return self.results.setdefault(result._host.get_name(), {"facts": None, "failed": None})
 

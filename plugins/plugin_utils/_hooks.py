@@ -30,6 +30,8 @@ def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict, temp
     for failure in summary["failures"]:
         result.setdefault("warnings", []).append(
             f"plugin {failure['plugin']} failed in {failure['hook']} on {failure['host']}: {failure['error']}")
+    for warning in summary["warnings"]:
+        result.setdefault("warnings", []).append(warning)
     for name, reason in summary["rejected"].items():
         result.setdefault("warnings", []).append(f"plugin {name} not loaded: {reason}")
     return result

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import inspect
+import queue
 import sys
 import threading
 import time
@@ -71,16 +73,50 @@ def misnamed_hooks(instance) -> list:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _arity(func, bound: bool) -> int | None:
+    """How many of (ctx, arg) a hook function accepts; None when it takes ``*args``."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return max(len(positional) - (1 if bound else 0), 0)
+
+
 def _call(fn, ctx, arg):
     """Call a hook with as many of (ctx, arg) as it accepts (hooks may take a subset)."""
-    try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        var = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        params, var = [], True
     args = [ctx] if arg is _NO_ARG else [ctx, arg]
-    return fn(*(args if var else args[:len(params)]))
+    func = getattr(fn, "__func__", None)
+    n = _arity(func, True) if func is not None else _arity(fn, False)
+    return fn(*(args if n is None else args[:n]))
+
+
+class _Worker:
+    """One thread that runs plugin calls in turn, so a call can be abandoned at its timeout.
+
+    Starting a thread per call cost about half of a call; a timed-out worker is left to
+    finish (or hang) on its own and a fresh one takes over.
+    """
+
+    def __init__(self):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="exliar-vfio-plugin-worker", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job, done = self.jobs.get()
+            job()
+            done.set()
+
+    def run(self, job, timeout: float) -> bool:
+        """True when ``job`` finished within ``timeout`` seconds."""
+        done = threading.Event()
+        self.jobs.put((job, done))
+        return done.wait(timeout)
 
 
 class PluginManager:
@@ -105,6 +141,7 @@ class PluginManager:
         self.panels: dict = {}
         self.commands: dict = {}
         self.bus = EventBus(self._deliver)
+        self._worker = None
 
     # ---- discovery and loading ---------------------------------------------------------
     def discover_plugins(self, plugin_dir, source: str = "directory") -> list:
@@ -338,12 +375,17 @@ class PluginManager:
                 outcome["tb"] = traceback.format_exc(limit=4)
 
         start = time.monotonic()
-        worker = threading.Thread(target=target, name=f"plugin-{name}-{hook}", daemon=True)
-        worker.start()
-        worker.join(meta.timeout)
+        if self._worker is None:
+            self._worker = _Worker()
+        if threading.current_thread() is self._worker.thread:
+            target()  # plugin code calling back into the manager: already isolated by the outer call
+            finished = True
+        else:
+            finished = self._worker.run(target, meta.timeout)
         ms = (time.monotonic() - start) * 1000
         failure = None
-        if worker.is_alive():
+        if not finished:
+            self._worker = None  # stuck in the plugin: leave it, the next call gets a new thread
             failure = HookFailure(name, hook, f"did not return within {meta.timeout:g} s", "timeout", meta.critical, self.host)
         elif "exc" in outcome:
             exc = outcome["exc"]

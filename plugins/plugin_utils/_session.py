@@ -93,18 +93,33 @@ class Settings:
         return dirs
 
 
+_ENTRY_POINTS = None
+
+
+def entry_points() -> list:
+    """The ``exliar_vfio.plugins`` entry points, scanned once per process.
+
+    The summary callback calls this in ``ansible-playbook`` itself at the start of a run, so
+    the forked workers inherit the result instead of scanning site-packages per host.
+    """
+    global _ENTRY_POINTS  # pylint: disable=global-statement
+    if _ENTRY_POINTS is None:
+        from importlib import metadata  # noqa: PLC0415
+
+        try:
+            _ENTRY_POINTS = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        except Exception:  # noqa: BLE001 - a broken site-packages must not stop the run
+            _ENTRY_POINTS = []
+    return _ENTRY_POINTS
+
+
 def _entry_point_metas(manager: PluginManager) -> list:
     """Plugins installed as Python packages: an entry point in the ``exliar_vfio.plugins`` group
     names a module whose directory holds ``plugin.toml``."""
-    from importlib import metadata  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
 
     metas = []
-    try:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except Exception:  # noqa: BLE001 - a broken site-packages must not stop the run
-        return metas
-    for ep in eps:
+    for ep in entry_points():
         try:
             spec = importlib.util.find_spec(ep.module)
         except (ImportError, ValueError):

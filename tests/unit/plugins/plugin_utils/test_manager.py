@@ -498,3 +498,18 @@ def test_a_plugin_may_not_register_the_same_panel_twice(tmp_path):
     m.start()
     assert m.failures[0].hook == "register_ui_elements"
     assert "panel 'p' is already registered" in m.failures[0].error
+
+
+def test_hooks_may_name_their_first_parameter_anything():
+    from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import _call  # noqa: PLC0415
+
+    class Odd:
+        def takes_both(this, ctx, arg):  # noqa: N805 - the point of the test
+            return (ctx, arg)
+
+        def takes_ctx(self, ctx):
+            return ctx
+
+    odd = Odd()
+    assert _call(odd.takes_both, "ctx", "arg") == ("ctx", "arg")
+    assert _call(odd.takes_ctx, "ctx", "arg") == "ctx"
