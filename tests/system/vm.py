@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -441,6 +442,53 @@ def device_args(devices: list) -> list:
 # The VM
 # --------------------------------------------------------------------------------------------
 
+MILESTONES = (  # serial-log markers of the boot phases, for timings and debugging
+    ("firmware done", "BdsDxe: starting"),
+    ("kernel started", "Linux version"),
+    ("initramfs /init", "Run /init as init process"),
+    ("systemd started", "systemd[1]: systemd "),
+    ("sshd started", "Started ssh.service"),
+)
+ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
+
+
+class SerialTimer(threading.Thread):
+    """Follows the serial log and writes each line with the host's seconds since QEMU started to
+    serial.timed.log; records when each boot milestone appeared."""
+
+    def __init__(self, src: Path, dest: Path, start: float):
+        super().__init__(daemon=True)
+        self.src, self.dest, self.start_time = src, dest, start
+        self.milestones: dict = {}
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        pos, partial = 0, b""
+        with open(self.dest, "w") as out:
+            while True:
+                stopping = self.stop_event.is_set()
+                try:
+                    with open(self.src, "rb") as fh:
+                        fh.seek(pos)
+                        chunk = fh.read()
+                except FileNotFoundError:
+                    chunk = b""
+                pos += len(chunk)
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                now = time.monotonic() - self.start_time
+                for raw in lines:
+                    line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
+                    out.write(f"{now:7.1f} {line}\n")
+                    for name, marker in MILESTONES:
+                        if name not in self.milestones and marker in line:
+                            self.milestones[name] = round(now, 1)
+                out.flush()
+                if stopping:
+                    return
+                self.stop_event.wait(0.5)
+
+
 class VM:
     """One boot of the guest image in a layout. Use as a context manager; it always stops QEMU.
 
@@ -467,6 +515,7 @@ class VM:
         self.ssh_ready_after: float | None = None
         self.kept: Path | None = None
         self._notes: list = []
+        self.timer: SerialTimer | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def command(self) -> list:
@@ -519,6 +568,8 @@ class VM:
             time.sleep(1.0)
             if self.proc.poll() is None:
                 log(f"{self.name}: QEMU started (pid {self.proc.pid}, ssh on 127.0.0.1:{self.port})")
+                self.timer = SerialTimer(self.serial_log, self.rundir / "serial.timed.log", self.started_at)
+                self.timer.start()
                 return self
             err = (self.rundir / "qemu.stderr").read_text()
             if "hostfwd" not in err and "Could not set up host forwarding" not in err:
@@ -568,22 +619,33 @@ class VM:
             raise HarnessError(f"{self.name}: the guest did not power off within {timeout} s") from None
 
     def _cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.stop_event.set()
+            self.timer.join(timeout=5)
         shutil.rmtree(self.rundir, ignore_errors=True)
 
     def keep_artifacts(self, reason: str = "", dest: Path | None = None) -> Path:
         """Copy the serial log, QEMU's command and stderr, and notes to tests/output/system/<name>/."""
         dest = dest or OUTPUT_DIR / self.name
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("serial.log", "qemu.cmd", "qemu.stderr"):
+        if self.timer is not None and self.timer.is_alive():
+            self.timer.stop_event.set()
+            self.timer.join(timeout=5)
+        for name in ("serial.log", "serial.timed.log", "qemu.cmd", "qemu.stderr"):
             src = self.rundir / name
             if src.exists():
                 shutil.copyfile(src, dest / name)
         notes = [f"reason: {reason}"] if reason else []
+        notes += [f"boot milestones (s after QEMU start): {self.milestones()}"]
         (dest / "notes.txt").write_text("\n".join(notes + self._notes) + "\n")
         if self.kept is None:
             log(f"{self.name}: serial log and QEMU output kept in {dest}")
         self.kept = dest
         return dest
+
+    def milestones(self) -> dict:
+        """Boot phase -> seconds after QEMU start at which its serial-log marker appeared."""
+        return dict(self.timer.milestones) if self.timer is not None else {}
 
     def note(self, text: str) -> None:
         self._notes.append(text)
@@ -630,7 +692,8 @@ class VM:
                                       stdin=subprocess.DEVNULL)
                 if proc.returncode == 0:
                     self.ssh_ready_after = time.monotonic() - self.started_at
-                    log(f"{self.name}: SSH up {self.ssh_ready_after:.1f} s after QEMU start")
+                    log(f"{self.name}: SSH up {self.ssh_ready_after:.1f} s after QEMU start "
+                        f"(milestones: {self.milestones()})")
                     self.note(f"ssh up after {self.ssh_ready_after:.1f} s")
                     return self.ssh_ready_after
                 last = proc.stderr.strip()
