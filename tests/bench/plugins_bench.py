@@ -544,6 +544,7 @@ def bench_lab(args, tmp: Path, roots: dict, sysroots: Path, plugin_base: Path, a
     print()
     common.print_table(["variant", "N", "median s", "min s", "max s", "ms/host", "cpu s", "main cpu s", "workers cpu s",
                         "cpu ms/host", "x/none", "x/none cpu"], rows)
+
     def pm(other, part):
         return paired[f"{other}_minus_none_{part}_per_host_ms"]["median"]
 

@@ -504,7 +504,7 @@ def test_hooks_may_name_their_first_parameter_anything():
     from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import _call  # noqa: PLC0415
 
     class Odd:
-        def takes_both(this, ctx, arg):  # noqa: N805 - the point of the test
+        def takes_both(this, ctx, arg):  # pylint: disable=no-self-argument  # the point of the test
             return (ctx, arg)
 
         def takes_ctx(self, ctx):
