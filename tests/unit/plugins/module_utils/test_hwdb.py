@@ -55,3 +55,14 @@ def test_a_file_that_is_not_hwdb_is_a_warning(tmp_path):
     assert fs.warnings and "hwdb.bin" in fs.warnings[0]
     with pytest.raises(HwdbError):
         Hwdb(b"KSLPHHRH" + b"\0" * 10)
+
+
+@needs_real
+@pytest.mark.parametrize("vendor,device", [("10de", "1e87"), ("8086", "3e98"), ("1002", "687f"), ("1a03", "2000"),
+                                           ("1022", "14d8"), ("ffff", "ffff")])
+def test_exact_name_lookup_agrees_with_the_full_match(vendor, device):
+    db = Hwdb(REAL.read_bytes())
+    full = db.lookup(f"pci:v0000{vendor.upper()}d0000{device.upper()}")
+    assert db.exact(f"pci:v0000{vendor.upper()}*").get("ID_VENDOR_FROM_DATABASE") == full.get("ID_VENDOR_FROM_DATABASE")
+    assert db.exact(f"pci:v0000{vendor.upper()}d0000{device.upper()}*").get("ID_MODEL_FROM_DATABASE") \
+        == full.get("ID_MODEL_FROM_DATABASE")
