@@ -26,4 +26,4 @@ class ActionModule(ActionBase):
         if result.get("failed") or result.get("skipped"):
             return result
         facts = (result.get("ansible_facts") or {}).get("vfio") or {}
-        return run_stage_hooks(result, task_vars, "detection", facts, template=self._templar.template)
+        return run_stage_hooks(result, task_vars, "detection", facts, template=self._templar.template, action=self)

@@ -487,8 +487,10 @@ class PluginContext:
         return tracker.for_plugin(self.plugin) if hasattr(tracker, "for_plugin") else tracker
 
     def target(self):
-        """Access to the managed host (files, commands) when the stage runs against one."""
-        return self._service("target", "target:read")
+        """Access to the managed host when the stage runs against one: ``read_file(path)``
+        (``target:read``) and ``run(argv)`` (``target:exec``). Each call is one round trip."""
+        target = self._service("target", "target:read")
+        return target.for_plugin(self.plugin, self.permissions) if hasattr(target, "for_plugin") else target
 
     # used by the manager
     def _snapshot(self) -> dict:

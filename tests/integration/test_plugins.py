@@ -323,3 +323,21 @@ def test_without_plugins_the_task_result_has_no_plugin_key(sysroots, tmp_path): 
     assert not (tmp_path / "cache" / "exliar-vfio" / "runs").exists(), "no plugin state is written"
     assert "plugins " not in summary_sections(proc.stdout)[HOSTS[0]]
     assert os.listdir(tmp_path / "cache" / "exliar-vfio" / "reports")
+
+
+# ---- target access: only a plugin that asks for it touches the host -------------------------------
+
+def test_a_plugin_reads_the_host_through_the_stage_connection(sysroots, tmp_path, lab_facts):  # pylint: disable=unused-argument
+    pdir, approvals = install_plugins(tmp_path, ["target-reader"], approve=["target-reader"])
+    hosts = ["desktop-intel-turing", "gpu-nvme-shared-group"]
+    proc = run_lab(tmp_path, hosts, {"vfio_plugin_dirs": [str(pdir)], "vfio_plugin_approvals_file": str(approvals),
+                                     "vfio_plugin_default_dirs": False})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rdir = next((tmp_path / "cache" / "exliar-vfio" / "runs").iterdir())
+    for host in hosts:
+        with open(rdir / "hosts" / f"{host}.pickle", "rb") as handle:
+            state = pickle.load(handle)
+        storage = {k: pickle.loads(v) for k, v in state["storage"]["target-reader"].items()}
+        # the file below the host's vfio_root, read over the connection, names the host's distribution
+        assert storage["os_id"] == lab_facts[host]["system"]["distribution"]["id"]
+        assert storage["exec"].startswith("denied:") and "target:exec" in storage["exec"]
