@@ -31,6 +31,8 @@ echo '### cmdline'; cat /proc/cmdline
 echo '### kernels'; ls -1 /lib/modules
 echo '### lspci'; lspci -vmm -nn -k -D
 echo '### class'; for d in /sys/bus/pci/devices/*; do echo "${d##*/} $(cat "$d/class")"; done
+echo '### sysfs'; for d in /sys/bus/pci/devices/*; do p=$(readlink -f "$d"); p=${p%/*}; p=${p##*/}
+  echo "${d##*/} $(cat "$d/revision" "$d/subsystem_vendor" "$d/subsystem_device" | tr '\n' ' ')$(cat "$d/boot_vga" 2>/dev/null || echo -) $p $(cat "$d/reset_method" 2>/dev/null)"; done
 echo '### groups'; for d in /sys/kernel/iommu_groups/*/devices/*; do g=${d#/sys/kernel/iommu_groups/}; echo "${g%%/*} ${d##*/}"; done
 echo '### group_types'; for g in /sys/kernel/iommu_groups/*; do echo "${g##*/} $(cat "$g/type")"; done
 echo '### units'; ls -1 /sys/class/iommu
@@ -77,6 +79,7 @@ class GroundTruth:
     kernels: list
     lspci: dict
     classes: dict
+    sysfs: dict           # address -> {revision, subsystem ids, boot_vga, parent, reset_methods}
     groups: dict          # id -> sorted addresses
     group_types: dict
     units: list
@@ -101,6 +104,9 @@ class GroundTruth:
             kernels=sorted(x for x in s["kernels"] if x.strip()),
             lspci=parse_lspci_vmm(s["lspci"]),
             classes=dict(line.split() for line in s["class"] if line.strip()),
+            sysfs={f[0]: {"revision": f[1], "subsystem_vendor": f[2], "subsystem_device": f[3], "boot_vga": f[4],
+                          "parent": f[5], "reset_methods": f[6:]}
+                   for f in (line.split() for line in s["sysfs"] if line.strip())},
             groups={g: sorted(a) for g, a in groups.items()},
             group_types={int(line.split()[0]): line.split()[1] for line in s["group_types"] if line.strip()},
             units=sorted(x for x in s["units"] if x.strip()),
@@ -234,6 +240,17 @@ class DetectChecks:
             assert rec.get("Driver") == d["driver"], (addr, rec, d)
             assert rec.get("IOMMUGroup") == str(d["iommu_group"]), (addr, rec, d)
             assert d["is_bridge"] == d["class"].startswith(("0600", "0604", "0609")), addr  # docs/facts.md
+
+    def test_pci_attributes_are_the_kernels(self, booted):
+        for d in booted.facts["pci_devices"]:
+            t = booted.truth.sysfs[d["address"]]
+            assert "0x" + d["revision"] == t["revision"], d["address"]
+            assert ("0x" + d["subsystem_vendor_id"], "0x" + d["subsystem_device_id"]) == (
+                t["subsystem_vendor"], t["subsystem_device"]), d["address"]
+            assert d["boot_vga"] is (t["boot_vga"] == "1"), (d["address"], t)
+            parent = t["parent"] if re.match(r"^[0-9a-f]{4}:[0-9a-f]{2}:", t["parent"]) else None
+            assert d["parent_bridge"] == parent, (d["address"], t)
+            assert d["reset_methods"] == t["reset_methods"], (d["address"], t)
 
     def test_layout_devices_are_where_qemu_put_them(self, booted):
         facts = {d["address"]: d for d in booted.facts["pci_devices"]}

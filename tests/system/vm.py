@@ -130,8 +130,8 @@ def recipe() -> dict:
         "suite": SUITE, "variant": "minbase", "packages": sorted(PACKAGES), "kernel_params": KERNEL_PARAMS,
         "files": guest_files(), "links": GUEST_LINKS, "provision": PROVISION_SCRIPT, "mac": GUEST_MAC,
         "geometry": [IMAGE_MIB, ESP_MIB, ROOT_START_MIB, ROOT_MIB],
-        "steps": "".join(inspect.getsource(f) for f in (_build, _debootstrap, _configure_rootfs, _make_disk,
-                                                         _provision)),
+        "steps": "".join(inspect.getsource(f)
+                         for f in (_build, _debootstrap, _configure_rootfs, _make_disk, _provision)),
     }
 
 
@@ -150,12 +150,13 @@ def run(cmd, *, logfile: Path | None = None, timeout: float = 600, **kw) -> subp
         with open(logfile, "a") as fh:
             fh.write(f"\n$ {shlex.join(cmd)}\n")
             fh.flush()
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, timeout=timeout, **kw)
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False,
+                                  **kw)
         if proc.returncode != 0:
             tail = "".join(Path(logfile).read_text().splitlines(True)[-40:])
             raise HarnessError(f"{shlex.join(cmd)} failed (rc {proc.returncode}); end of {logfile}:\n{tail}")
         return proc
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if proc.returncode != 0:
         raise HarnessError(f"{shlex.join(cmd)} failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return proc
@@ -657,7 +658,7 @@ class VM:
 
     def ssh(self, command: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         proc = subprocess.run(self.ssh_command(command), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, check=False)
         if check and proc.returncode != 0:
             raise HarnessError(f"{self.name}: `{command}` failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
         return proc
@@ -689,7 +690,7 @@ class VM:
                 continue
             try:
                 proc = subprocess.run(self.ssh_command("true"), capture_output=True, text=True, timeout=60,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, check=False)
                 if proc.returncode == 0:
                     self.ssh_ready_after = time.monotonic() - self.started_at
                     log(f"{self.name}: SSH up {self.ssh_ready_after:.1f} s after QEMU start "
