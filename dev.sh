@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | bench
+# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | bench | system
 # Everything is installed by this script: Debian packages (with apt-get, as root or via sudo),
 # a virtual environment in .venv with the pinned Python dependencies, and the
 # .collections/ansible_collections/exliar/vfio link that lets Ansible load the collection from the clone.
@@ -59,6 +59,7 @@ case "$cmd" in
     unit) setup; pytest tests/unit "$@" ;;
     integration) setup; pytest tests/integration "$@" ;;
     bench) setup; python tests/bench/run.py "$@" ;;
+    system) setup; bash tests/system/run.sh "$@" ;;
     test)
         setup
         log "unit and sysroot integration tests (pytest)"

@@ -94,7 +94,6 @@ class Hwdb:
             i += 1
         return props
 
-
     def exact(self, key: str) -> dict:
         """Properties stored under exactly ``key`` (patterns in it are plain characters).
 

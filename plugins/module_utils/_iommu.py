@@ -46,10 +46,19 @@ def iommu_state(fs, cpu_vendor, params: list, groups: list, running_kernel) -> d
     units = fs.listdir("sys/class/iommu")
     tables = set(fs.listdir("sys/firmware/acpi/tables"))
     acpi_readable = fs.isdir("sys/firmware/acpi/tables")
-    kind = cpu_vendor if cpu_vendor in FIRMWARE_TABLES else None
-    if kind is None:
-        kind = "intel" if any(u.startswith("dmar") for u in units) else "amd" if any(
-            u.startswith("ivhd") for u in units) else None
+    # The IOMMU itself says what it is (dmarN: Intel VT-d, ivhdN: AMD-Vi), then the firmware's
+    # table; the CPU vendor only when neither exists. A VM on an AMD host can have a virtual
+    # Intel IOMMU, so the CPU alone is not enough.
+    if any(u.startswith("dmar") for u in units):
+        kind = "intel"
+    elif any(u.startswith("ivhd") for u in units):
+        kind = "amd"
+    elif "DMAR" in tables and "IVRS" not in tables:
+        kind = "intel"
+    elif "IVRS" in tables and "DMAR" not in tables:
+        kind = "amd"
+    else:
+        kind = cpu_vendor if cpu_vendor in FIRMWARE_TABLES else None
     table = FIRMWARE_TABLES.get(kind or "")
     firmware_table = (table in tables) if (table and acpi_readable) else None
     enabled = bool(groups)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +35,10 @@ SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 
 
 def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], check=check, capture_output=True, text=True, timeout=60, **kw)
+    proc = subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, timeout=60, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(str(c) for c in cmd)}: rc {proc.returncode}: {proc.stderr.strip()}")
+    return proc
 
 
 def pick_profiles(n: int) -> list:
@@ -75,15 +80,19 @@ def free_linklocal_block() -> int:
 class Fleet:
     """Network namespaces with sshd; everything it made is undone by close()."""
 
+    made = 0
+
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.tag = f"{os.getpid() % 100000}"
+        Fleet.made += 1
+        self.tag = f"{os.getpid() % 100000}{chr(ord('a') + Fleet.made - 1)}"  # unique per fleet, short for veths
         self.octet = free_linklocal_block()
         self.namespaces: list = []
         self.links: list = []
         self.sshd: dict = {}      # host -> Popen
         self.hosts: dict = {}     # host -> {"ns", "address", ...}
         self.made_privsep = False
+        self.control_dirs: list = []  # extra SSH ControlPath directories to close
         self.client_key = tmp / "id_ed25519"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfio-fleet-client", "-f", self.client_key)
 
@@ -136,14 +145,25 @@ class Fleet:
         raise RuntimeError(f"sshd for {host} is not listening on {info['address']}:22")
 
     def close(self) -> None:
-        close_ssh_masters(self.tmp / "cp")
-        for ns in self.namespaces:  # the sshd listeners and their per-connection children
-            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        for control in [self.tmp / "cp", *self.control_dirs]:
+            close_ssh_masters(control)
+        # the sshd listeners and their per-connection children (which setsid(), so they are not in
+        # the listener's process group): every process in our namespaces is ours
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            deadline = time.monotonic() + 5
+            while True:
+                pids = [int(p) for ns in self.namespaces
+                        for p in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
+                if not pids or time.monotonic() > deadline:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.2)
+            if not pids:
+                break
         for proc in self.sshd.values():
             if proc.poll() is None:
                 try:
@@ -279,3 +299,31 @@ def test_summary_lists_every_host_and_marks_the_unreachable_one(fleet):
             assert gpu["address"] in blocks[host]
     dead = blocks.get(fleet["dead"], "")
     assert re.search(r"FAILED\s+unreachable:", dead), summary
+
+
+def test_cleanup_leaves_nothing_behind(tmp_path):
+    """What the fixture's finalizer relies on: after a failure mid-test, close() removes the
+    namespaces, the veth pairs, sshd with its session processes and the SSH ControlPersist masters."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    fleet = Fleet(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated"):
+        try:
+            info = fleet.add_namespace("probe", 0)
+            fleet.start_sshd("probe")
+            control = Path(tempfile.mkdtemp(prefix="vf-cp-"))  # short: unix socket paths are limited
+            fleet.control_dirs.append(control)
+            sh("ssh", "-i", fleet.client_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+               "-o", f"ControlPath={control}/%C", f"root@{info['address']}", "true")
+            assert list(control.iterdir()), "a ControlPersist master is running"
+            assert sh("ip", "netns", "pids", info["ns"]).stdout.split(), "sshd runs in the namespace"
+            raise RuntimeError("simulated test failure")
+        finally:
+            fleet.close()
+    assert info["ns"] not in sh("ip", "netns", "list").stdout
+    assert fleet.links[0] not in sh("ip", "-o", "link", "show").stdout
+    leftovers = sh("ps", "-eo", "pid,args").stdout
+    assert str(tmp_path) not in leftovers and str(fleet.control_dirs[0]) not in leftovers, leftovers
+    shutil.rmtree(fleet.control_dirs[0], ignore_errors=True)
+    assert all(proc.poll() is not None for proc in fleet.sshd.values())

@@ -43,7 +43,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 LAYOUT_DIR = HERE / "layouts"
-CACHE_ROOT = REPO / ".cache" / "vm"
+# VFIO_TEST_VM_CACHE puts the cache elsewhere, e.g. to share one image between clones
+CACHE_ROOT = Path(os.environ.get("VFIO_TEST_VM_CACHE") or REPO / ".cache" / "vm")
 OUTPUT_DIR = REPO / "tests" / "output" / "system"
 
 OVMF_DIR = Path("/usr/share/OVMF")

@@ -226,10 +226,18 @@ def test_kernel_without_the_amd_iommu_driver(make_sysroot):
 
 
 def test_unknown_cpu_vendor(make_sysroot):
-    root = make_sysroot(**intel_off(), cpu={"vendor_id": "CentaurHauls", "flags": ["fpu"]})
-    io = iommu_of(root)
+    kw = intel_off()
+    kw["firmware"] = {"acpi_tables": []}
+    io = iommu_of(make_sysroot(**kw, cpu={"vendor_id": "CentaurHauls", "flags": ["fpu"]}))
     assert io["type"] is None
     assert codes(io) == ["unknown_platform"]
+
+
+def test_a_dmar_table_means_vt_d_whatever_the_cpu_vendor(make_sysroot):
+    """Zhaoxin (CentaurHauls) machines publish a DMAR table and use the Intel IOMMU driver."""
+    io = iommu_of(make_sysroot(**intel_off(), cpu={"vendor_id": "CentaurHauls", "flags": ["fpu"]}))
+    assert io["type"] == "intel" and io["firmware_table_present"] is True
+    assert "intel_iommu=on" in io["params_needed"]
 
 
 def test_vendor_from_the_iommu_units_when_the_cpu_is_unknown(tmp_path):
@@ -252,3 +260,13 @@ def test_every_reason_is_given(make_sysroot):
     io = iommu_of(make_sysroot(**kw))
     assert set(codes(io)) == {"param_intel_off", "firmware_off"}
     assert "intel_iommu=off" in io["reason"] and "DMAR" in io["reason"] and "; " in io["reason"]
+
+
+def test_the_iommu_units_say_what_the_iommu_is_not_the_cpu(make_sysroot):
+    """A VM on an AMD host with a virtual Intel IOMMU: AuthenticAMD CPU, dmar0, DMAR table."""
+    on = iommu_of(make_sysroot(pci=CARD_PCI, cpu=AMD_CPU, firmware={"acpi_tables": ["DMAR"]},
+                               iommu={"units": ["dmar0"], "irq_remapping": True}))
+    assert on["type"] == "intel" and on["firmware_table"] == "DMAR" and on["firmware_table_present"] is True
+    off = iommu_of(make_sysroot(pci=CARD_PCI, cpu=AMD_CPU, firmware={"acpi_tables": ["DMAR"]}, iommu=None,
+                                os={"cmdline": NO_PARAM}))
+    assert off["type"] == "intel" and "intel_iommu=on" in off["params_needed"]
