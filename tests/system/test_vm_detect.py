@@ -419,4 +419,3 @@ class TestAmdCpuWithIntelIommu(TestGpuAudio):
         assert booted.truth.units == ["dmar0"] and "DMAR: IOMMU enabled" in booted.serial
         io = booted.facts["iommu"]
         assert io["enabled"] is True and io["units"] == ["dmar0"] and io["interrupt_remapping"] is True
-
