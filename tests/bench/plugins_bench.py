@@ -625,13 +625,7 @@ def main(argv=None) -> int:
         report["error"] = str(exc)
         return 1
     finally:
-        report["loadavg_end"] = list(os.getloadavg())
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nresults: {out}" + (f"; temporary files kept in {tmp}" if args.keep else ""))
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        common.write_report(report, args, tmp)
     return 0
 
 

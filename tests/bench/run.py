@@ -445,14 +445,19 @@ def main(argv=None) -> int:
         report["error"] = str(exc)
         return 1
     finally:
-        report["loadavg_end"] = list(os.getloadavg())
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nresults: {out}" + (f"; temporary files kept in {tmp}" if args.keep else ""))
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_report(report, args, tmp)
     return 0
+
+
+def write_report(report: dict, args, tmp: Path) -> None:
+    """Save the results as JSON, say where, and remove the temporary files unless --keep."""
+    report["loadavg_end"] = list(os.getloadavg())
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults: {out}" + (f"; temporary files kept in {tmp}" if args.keep else ""))
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

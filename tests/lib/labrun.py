@@ -61,3 +61,16 @@ def recap(stdout: str) -> dict:
             host, _sep, rest = line.partition(":")
             out[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
     return out
+
+
+def assert_matches_expect(facts: dict, expect: dict, label: str) -> None:
+    """The facts of one host agree with its profile's ``expect`` block (written from the source)."""
+    assert facts["iommu"]["enabled"] is expect["iommu_enabled"], label
+    assert facts["bootloader"]["name"] == expect["bootloader"], (label, facts["bootloader"])
+    assert facts["initramfs"]["name"] == expect["initramfs"], (label, facts["initramfs"])
+    assert facts["system"]["machine"]["laptop"] is expect["laptop"], label
+    gpus = {g["address"]: g for g in facts["gpus"]}
+    assert sorted(gpus) == sorted(expect["gpus"]), label
+    for addr, want in expect["gpus"].items():
+        for key, value in want.items():
+            assert gpus[addr][key] == value, f"{label} {addr} {key}: got {gpus[addr][key]!r}, the source shows {value!r}"
