@@ -71,6 +71,12 @@ class Settings:
         def listish(x):
             return [x] if isinstance(x, str) else list(x or [])
 
+        for key in ("vfio_plugins", "vfio_plugin_pins"):
+            if v.get(key) is not None and not isinstance(v.get(key), dict):
+                raise api.PluginError(f"{key} must be a mapping (name: ...), not {type(v.get(key)).__name__}")
+        for key in ("vfio_plugin_dirs", "vfio_plugin_trusted_keys"):
+            if v.get(key) is not None and not isinstance(v.get(key), (str, list, tuple)):
+                raise api.PluginError(f"{key} must be a list of paths, not {type(v.get(key)).__name__}")
         return cls(
             plugins=dict(v.get("vfio_plugins") or {}),
             dirs=[str(d) for d in listish(v.get("vfio_plugin_dirs"))],
