@@ -206,6 +206,7 @@ class Session:
         self.records: list = []
         self.manager = PluginManager(host, settings.plugins, gate=make_gate(settings), logger=self._logger)
         self.state: dict = {}
+        self._packed = None  # storage pickled by pack(), written by save()
 
     def _logger(self, plugin: str) -> logging.Logger:
         logger = logging.getLogger(f"exliar.vfio.plugins.{plugin}.{self.host}")
@@ -247,9 +248,7 @@ class Session:
         return storage
 
     def save(self) -> None:
-        storage = getattr(self, "_packed", None)
-        if storage is None:
-            storage = self.pack()
+        storage = self._packed if self._packed is not None else self.pack()
         self._packed = None
         calls = self.state.get("calls", []) + [c.__dict__ for c in self.manager.calls]
         failures = self.state.get("failures", []) + [f.as_dict() for f in self.manager.failures]
