@@ -18,6 +18,7 @@ from ansible_collections.exliar.vfio.plugins.plugin_utils._manager import Plugin
 from ansible_collections.exliar.vfio.plugins.plugin_utils._security import (
     Approvals, SecurityError, SecurityPolicy, evaluate, generate_keypair, sign_plugin, verify_plugin,
 )
+from ansible_collections.exliar.vfio.plugins.plugin_utils._security import _load_private as load_private_key
 from ansible_collections.exliar.vfio.plugins.plugin_utils._session import (
     Settings, disabled_file, discover, load_disabled, read_keys,
 )
@@ -139,17 +140,7 @@ def sign(settings: Settings, name: str, key_path: str) -> dict:
     meta = _find(settings, name)
     try:
         sig = sign_plugin(meta.path, Path(key_path).expanduser().read_bytes())
-        status = verify_plugin(meta.path, [_public_of(key_path)])
+        status = verify_plugin(meta.path, [load_private_key(Path(key_path).expanduser().read_bytes()).public_key()])
     except (OSError, SecurityError) as exc:
         raise api.PluginError(f"cannot sign {name}: {exc}") from exc
     return {"signature_file": str(sig), "key_id": status.key_id}
-
-
-def _public_of(key_path: str) -> bytes:
-    pub = Path(f"{Path(key_path).expanduser()}.pub")
-    if pub.exists():
-        return pub.read_bytes()
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-
-    private = serialization.load_pem_private_key(Path(key_path).expanduser().read_bytes(), password=None)
-    return private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -451,10 +451,13 @@ class PluginManager:
         self.panels.update({f"{name}:{k}": v for k, v in ui.panels.items()})
         self.commands.update(cmds.commands)
 
-    def finish(self) -> None:
-        """on_cleanup for every plugin, then on_unload, in reverse load order."""
+    def finish(self, between=None) -> None:
+        """on_cleanup for every plugin, then ``between(order)`` (the run report renders the panels
+        there), then on_unload in reverse load order."""
         order = [n for n in self.plugins if n not in self.disabled]
         for name in order:
             self.invoke_one(name, "on_cleanup")
+        if between is not None:
+            between(order)
         for name in reversed(order):
             self.invoke_one(name, "on_unload")

@@ -320,17 +320,15 @@ class Session:
         if self.state.get("finished"):
             return []
         m = self.manager
-        order = [n for n in m.plugins if n not in m.disabled]
-        for name in order:
-            m.invoke_one(name, "on_cleanup")
         panels = []
-        for name in order:
-            m.panels.clear()
-            m.register(name)
-            for panel in m.panels.values():
-                panels.append((panel.title, _render_panel(self, panel)))
-        for name in reversed(order):
-            m.invoke_one(name, "on_unload")
+
+        def render(order):
+            for name in order:
+                m.panels.clear()
+                m.register(name)
+                panels.extend((panel.title, _render_panel(self, panel)) for panel in m.panels.values())
+
+        m.finish(between=render)
         self.state["finished"] = True
         return panels
 

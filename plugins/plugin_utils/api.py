@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ansible_collections.exliar.vfio.plugins.module_utils._gpu import vendor_of
+
 API_VERSION = (1, 0)
 
 # The lifecycle, in the order the spec gives; a host runs these in this order.
@@ -86,9 +88,6 @@ class SystemInfo:
         )
 
 
-VENDOR_NAMES = {"10de": "nvidia", "1002": "amd", "8086": "intel"}
-
-
 @dataclass
 class PciDevice:
     address: str
@@ -104,7 +103,7 @@ class PciDevice:
         return self.address
 
     def vendor(self) -> str:
-        return VENDOR_NAMES.get(self.vendor_id or "", "other")
+        return vendor_of(self.vendor_id)
 
     def is_gpu(self) -> bool:
         return bool(self.class_code) and self.class_code.startswith("03")
