@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import yaml
 LAB_DIR = Path(__file__).resolve().parent
 PROFILE_DIR = LAB_DIR / "profiles"
 DEFAULT_OUT = LAB_DIR / ".sysroots"
-BUILDER_VERSION = "3"  # bump when the layout changes: invalidates built sysroots
+BUILDER_VERSION = "4"  # bump when the layout changes: invalidates built sysroots
 
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
@@ -37,6 +38,30 @@ MODULE_PATHS = {
     "kvm_amd": "arch/x86/kvm/kvm-amd", "irqbypass": "virt/lib/irqbypass",
 }
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+VIRTUAL_BLOCK_RE = re.compile(r"^(dm-|md)(\d+)$")
+PARTITION_RES = (re.compile(r"^(.+\d)p(\d+)$"), re.compile(r"^([a-z]+)(\d+)$"))  # nvme0n1p2, sda2
+BLOCK_MAJORS = {"nvme": 259, "dm-": 253, "md": 9}  # 259 is blkext: NVMe disks and partitions take minors in turn
+# (mount options, super options) as the kernel shows them for a default mount of each filesystem
+FS_OPTIONS = {
+    "ext4": ("rw,relatime", "rw,errors=remount-ro"),
+    "xfs": ("rw,relatime", "rw,attr2,inode64,logbufs=8,logbsize=32k,noquota"),
+    "btrfs": ("rw,relatime", "rw,ssd,discard=async,space_cache=v2,subvolid=5,subvol=/"),
+    "vfat": ("rw,relatime", "rw,fmask=0077,dmask=0077,codepage=437,iocharset=ascii,shortname=mixed,utf8,errors=remount-ro"),
+}
+# (source, mount point, fstype, mount options, super options): mounted before the root filesystem by systemd
+EARLY_MOUNTS = [
+    ("sysfs", "/sys", "sysfs", "rw,nosuid,nodev,noexec,relatime", "rw"),
+    ("proc", "/proc", "proc", "rw,nosuid,nodev,noexec,relatime", "rw"),
+    ("udev", "/dev", "devtmpfs", "rw,nosuid,relatime", "rw,size=8119612k,nr_inodes=2029903,mode=755,inode64"),
+    ("devpts", "/dev/pts", "devpts", "rw,nosuid,noexec,relatime", "rw,gid=5,mode=620,ptmxmode=000"),
+    ("tmpfs", "/run", "tmpfs", "rw,nosuid,nodev,noexec,relatime", "rw,size=1631388k,mode=755,inode64"),
+]
+LATE_MOUNTS = [
+    ("tmpfs", "/dev/shm", "tmpfs", "rw,nosuid,nodev", "rw,inode64"),
+    ("tmpfs", "/run/lock", "tmpfs", "rw,nosuid,nodev,noexec,relatime", "rw,size=5120k,inode64"),
+]
+EFIVARS_MOUNT = ("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", "rw,nosuid,nodev,noexec,relatime", "rw")
+SWAP_SIZE = 8388604  # KiB, an 8 GiB swap partition
 GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
@@ -88,6 +113,113 @@ def validate_profile(p: dict, stem: str | None = None) -> None:
     for a, d in seen.items():
         if d.get("parent") is not None and a[:7] in root_buses:
             raise ProfileError(f"{pid}: {a}: bus {a[:7]} is a root bus but the device names a parent")
+    storage_layout(p)
+    network_layout(p)
+
+
+def partition_of(name: str):
+    """``nvme0n1p2`` -> ``("nvme0n1", 2)``, ``sda3`` -> ``("sda", 3)``, anything else -> None."""
+    for rx in PARTITION_RES:
+        m = rx.match(name)
+        if m:
+            return m.group(1), int(m.group(2))
+    return None
+
+
+def storage_layout(p: dict) -> dict:
+    """The block devices ``mounts`` and ``swaps`` need, checked against the disks of the ``pci`` section.
+
+    Returns ``{"disks": [names in PCI order], "partitions": {disk: [numbers]},
+    "virtual": {dm-N/mdN: {"slaves": [...], "name": ...}}}``.
+    """
+    pid = p.get("id")
+    disks = [b for d in p.get("pci") or [] for b in d.get("block") or []]
+    parts: dict = {}
+    virtual: dict = {}
+
+    def need(spec, where: str) -> str:
+        if isinstance(spec, dict):
+            name = str(spec.get("block", ""))
+            slaves = spec.get("slaves")
+        else:
+            name, slaves = str(spec), None
+        if VIRTUAL_BLOCK_RE.match(name):
+            if slaves is not None:
+                if not isinstance(slaves, list) or not slaves:
+                    raise ProfileError(f"{pid}: {where}: {name}: slaves must be a non-empty list")
+                entry = {"slaves": [need(s, f"{where} -> {name}") for s in slaves],
+                         "name": str(spec.get("name") or name)}
+                if name in virtual and virtual[name]["slaves"] != entry["slaves"]:
+                    raise ProfileError(f"{pid}: {where}: {name} is defined twice with different slaves")
+                virtual[name] = entry
+            return name
+        if slaves is not None:
+            raise ProfileError(f"{pid}: {where}: {name}: only dm-N and mdN devices have slaves")
+        if name in disks:
+            return name
+        part = partition_of(name)
+        if part is None or part[0] not in disks:
+            raise ProfileError(f"{pid}: {where}: {name!r} is neither a disk of the pci section nor a partition of one")
+        if not 0 < part[1] < (16 if part[0].startswith("sd") else 256):
+            raise ProfileError(f"{pid}: {where}: {name}: partition number out of range")
+        parts.setdefault(part[0], set()).add(part[1])
+        return name
+
+    mounts = p.get("mounts") or []
+    if not isinstance(mounts, list):
+        raise ProfileError(f"{pid}: mounts must be a list")
+    points = set()
+    for m in mounts:
+        if not isinstance(m, dict) or not m.get("block") or not str(m.get("mountpoint", "")).startswith("/"):
+            raise ProfileError(f"{pid}: mounts: each entry needs block and an absolute mountpoint")
+        if m["mountpoint"] in points:
+            raise ProfileError(f"{pid}: mounts: {m['mountpoint']} mounted twice")
+        points.add(m["mountpoint"])
+        need(m, f"mounts {m['mountpoint']}")
+    swaps = p.get("swaps") or []
+    if not isinstance(swaps, list):
+        raise ProfileError(f"{pid}: swaps must be a list")
+    for s in swaps:
+        need(s, "swaps")
+    for name, v in virtual.items():
+        for slave in v["slaves"]:
+            if VIRTUAL_BLOCK_RE.match(slave) and slave not in virtual:
+                raise ProfileError(f"{pid}: {name}: slave {slave} is not defined (give it slaves where it is named)")
+    used = [s for v in virtual.values() for s in v["slaves"]]
+    named = [m["block"] for m in mounts] + [s["block"] if isinstance(s, dict) else s for s in swaps]
+    for name in virtual:
+        if name not in used and name not in named:
+            raise ProfileError(f"{pid}: {name} is defined but neither mounted, swap nor a slave")
+    return {"disks": disks, "partitions": {d: sorted(n) for d, n in parts.items()}, "virtual": virtual}
+
+
+def network_layout(p: dict) -> dict:
+    """``network`` as ``{interface: {"addresses": [ip_interface], "lower": [...]}}``, checked."""
+    pid = p.get("id")
+    net = p.get("network") or {}
+    if not isinstance(net, dict):
+        raise ProfileError(f"{pid}: network must map interface names to addresses")
+    nics = {n for d in p.get("pci") or [] for n in d.get("net") or []}
+    out = {}
+    for name, spec in net.items():
+        if not re.match(r"^[A-Za-z0-9_.:-]{1,15}$", str(name)) or name == "lo":
+            raise ProfileError(f"{pid}: network: bad interface name {name!r}")
+        spec = {"addresses": spec} if isinstance(spec, list) else dict(spec or {})
+        addrs = []
+        for raw in spec.get("addresses") or []:
+            try:
+                addr = ipaddress.ip_interface(str(raw))
+            except ValueError as exc:
+                raise ProfileError(f"{pid}: network: {name}: {exc}") from None
+            if "/" not in str(raw) or addr.ip.is_loopback:
+                raise ProfileError(f"{pid}: network: {name}: {raw}: give a non-loopback address with its prefix")
+            addrs.append(addr)
+        lower = [str(x) for x in spec.get("lower") or []]
+        for x in lower:
+            if x not in nics and x not in net:
+                raise ProfileError(f"{pid}: network: {name}: lower interface {x} does not exist")
+        out[str(name)] = {"addresses": addrs, "lower": lower}
+    return out
 
 
 def _w(path: Path, content, mode: int = 0o644) -> None:
@@ -162,7 +294,11 @@ class SysrootBuilder:
         self.kernel = str(os_.get("kernel", "6.1.0-18-amd64"))
         self.kernels = [str(k) for k in os_.get("kernels") or [self.kernel]]
         self._usr_merge()
+        self.disk_dirs: dict = {}
+        self.nic_dirs: dict = {}
         self._pci()
+        self._storage()
+        self._network()
         self._iommu()
         self._firmware()
         self._dmi()
@@ -291,23 +427,186 @@ class SysrootBuilder:
                 _w(g / "type", (self.p.get("iommu") or {}).get("domain_type", "DMA-FQ") + "\n")
                 _w(g / "reserved_regions", "0x00000000fee00000 0x00000000feefffff msi\n")
                 _link(base / "iommu_group", _rel(g, base / "iommu_group"))
-            for blk in d.get("block") or []:
-                if blk.startswith("nvme"):  # nvme1n1 sits below controller nvme1, major 259
-                    sub, devnum = f"nvme/{blk[:blk.rindex('n')]}", "259:0"
-                else:  # sdb below its SCSI host, major 8, minor 16 per disk
+            for blk in d.get("block") or []:  # numbered, with their partitions, in _storage()
+                if blk.startswith("nvme"):  # nvme1n1 sits below controller nvme1
+                    sub = f"nvme/{blk[:blk.rindex('n')]}"
+                else:  # sdb below its SCSI host
                     n = ord(blk[2]) - ord("a") if len(blk) > 2 else 0
-                    sub, devnum = f"ata{n + 1}/host{n}/target{n}:0:0/{n}:0:0:0/block", f"8:{16 * n}"
-                dev_dir = base / sub / blk
-                _w(dev_dir / "dev", devnum + "\n")
-                _w(dev_dir / "size", "1000215216\n")
-                _link(self.out / "sys/block" / blk, _rel(dev_dir, self.out / "sys/block" / blk))
-                _link(self.out / "sys/class/block" / blk, _rel(dev_dir, self.out / "sys/class/block" / blk))
+                    sub = f"ata{n + 1}/host{n}/target{n}:0:0/{n}:0:0:0/block"
+                self.disk_dirs[blk] = base / sub / blk
             for nic in d.get("net") or []:
                 ndir = base / "net" / nic
                 _w(ndir / "address", "00:11:22:33:44:55\n")
                 _w(ndir / "operstate", "up\n")
                 _link(self.out / "sys/class/net" / nic, _rel(ndir, self.out / "sys/class/net" / nic))
+                self.nic_dirs[nic] = ndir
         self.devs = devs
+
+    def _block_node(self, name: str, path: Path, devnum: tuple, devtype: str, partn: int | None = None) -> None:
+        major, minor = devnum
+        uevent = [f"MAJOR={major}", f"MINOR={minor}", f"DEVNAME={name}", f"DEVTYPE={devtype}"]
+        _w(path / "dev", f"{major}:{minor}\n")
+        _w(path / "size", ("2097152" if partn else "1000215216") + "\n")
+        _w(path / "ro", "0\n")
+        (path / "holders").mkdir(parents=True, exist_ok=True)
+        if partn:
+            uevent.append(f"PARTN={partn}")
+            _w(path / "partition", f"{partn}\n")
+            _w(path / "start", f"{2048 + (partn - 1) * 2097152}\n")
+        else:
+            (path / "slaves").mkdir(parents=True, exist_ok=True)
+            _link(self.out / "sys/block" / name, _rel(path, self.out / "sys/block" / name))
+        _w(path / "uevent", "\n".join(uevent) + "\n")
+        _link(self.out / "sys/class/block" / name, _rel(path, self.out / "sys/class/block" / name))
+        link = self.out / "sys/dev/block" / f"{major}:{minor}"
+        _link(link, _rel(path, link))
+
+    def _storage(self) -> None:
+        """Disks, partitions and dm/md devices with unique device numbers; the mount and swap tables."""
+        layout = storage_layout(self.p)
+        nodes: dict = {}  # name -> (sysfs dir, (major, minor))
+        blkext = 0
+        for disk in layout["disks"]:
+            ddir = self.disk_dirs[disk]
+            if disk.startswith("nvme"):
+                devnum, blkext = (BLOCK_MAJORS["nvme"], blkext), blkext + 1
+            else:  # sd: major 8, 16 minors per disk, partitions in between
+                devnum = (8, 16 * (ord(disk[2]) - ord("a") if len(disk) > 2 else 0))
+            nodes[disk] = (ddir, devnum)
+            self._block_node(disk, ddir, devnum, "disk")
+            for num in layout["partitions"].get(disk, []):
+                pname = f"{disk}p{num}" if disk[-1].isdigit() else f"{disk}{num}"
+                if devnum[0] == BLOCK_MAJORS["nvme"]:
+                    pnum, blkext = (devnum[0], blkext), blkext + 1
+                else:
+                    pnum = (devnum[0], devnum[1] + num)
+                nodes[pname] = (ddir / pname, pnum)
+                self._block_node(pname, ddir / pname, pnum, "partition", num)
+        for name, v in layout["virtual"].items():
+            m = VIRTUAL_BLOCK_RE.match(name)
+            vdir = self.out / "sys/devices/virtual/block" / name
+            nodes[name] = (vdir, (BLOCK_MAJORS[m.group(1)], int(m.group(2))))
+            self._block_node(name, vdir, nodes[name][1], "disk")
+            if m.group(1) == "dm-":
+                _w(vdir / "dm/name", v["name"] + "\n")
+                _w(vdir / "dm/suspended", "0\n")
+            else:
+                _w(vdir / "md/level", "raid1\n")
+        numbers = [n[1] for n in nodes.values()]
+        if len(set(numbers)) != len(numbers):
+            raise ProfileError(f"{self.p.get('id')}: two block devices would get the same major:minor")
+        for name, v in layout["virtual"].items():
+            vdir = nodes[name][0]
+            for slave in v["slaves"]:
+                sdir = nodes[slave][0]
+                _link(vdir / "slaves" / slave, _rel(sdir, vdir / "slaves" / slave))
+                _link(sdir / "holders" / name, _rel(vdir, sdir / "holders" / name))
+        self._mount_tables(layout, nodes)
+        swaps = ["Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"]
+        for prio, spec in enumerate(self.p.get("swaps") or [], start=2):
+            path = "/dev/" + (spec["block"] if isinstance(spec, dict) else str(spec))
+            # the kernel's swap_show(): "%*s%s\t%lu\t%s%lu\t%s%d\n", the name padded to 40 columns
+            swaps.append(f"{path}{' ' * max(40 - len(path), 1)}partition\t{SWAP_SIZE}\t\t0\t\t-{prio}\n")
+        _w(self.out / "proc/swaps", "".join(swaps))
+
+    def _mount_tables(self, layout: dict, nodes: dict) -> None:
+        """/proc/self/mountinfo and /proc/mounts: systemd's early virtual mounts, the profile's, the late ones."""
+        anon = iter(range(20, 256))
+        entries = []  # (source, mount point, fstype, mount options, super options, (major, minor))
+        for src, mp, fstype, mopts, sopts in EARLY_MOUNTS:
+            entries.append((src, mp, fstype, mopts, sopts, (0, 5) if fstype == "devtmpfs" else (0, next(anon))))
+        for m in sorted(self.p.get("mounts") or [], key=lambda m: m["mountpoint"].rstrip("/").count("/")):
+            name, fstype = m["block"], str(m.get("fstype", "ext4"))
+            mopts, sopts = FS_OPTIONS.get(fstype, ("rw,relatime", "rw"))
+            v = layout["virtual"].get(name)
+            source = f"/dev/mapper/{v['name']}" if v and name.startswith("dm-") else f"/dev/{name}"
+            devnum = nodes[name][1]
+            if fstype == "btrfs":  # anonymous device numbers; the devices are listed in /sys/fs/btrfs
+                devnum = (0, next(anon))
+                fsid = hashlib.md5(f"{self.p['id']}{m['mountpoint']}".encode()).hexdigest()
+                fsid = f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
+                link = self.out / "sys/fs/btrfs" / fsid / "devices" / name
+                _link(link, _rel(nodes[name][0], link))
+            entries.append((source, m["mountpoint"], fstype, mopts, sopts, devnum))
+        late = LATE_MOUNTS + ([EFIVARS_MOUNT] if (self.p.get("firmware") or {}).get("uefi", True) else [])
+        for src, mp, fstype, mopts, sopts in late:
+            entries.append((src, mp, fstype, mopts, sopts, (0, next(anon))))
+        ids = {e[1]: i for i, e in enumerate(entries, start=21)}  # the root's id follows the early mounts'
+
+        def parent(mp: str) -> int:
+            best = None
+            for other in ids:
+                if other != mp and (other == "/" or mp.startswith(other.rstrip("/") + "/")):
+                    if best is None or len(other) > len(best):
+                        best = other
+            return ids[best] if best is not None else 1
+
+        info, mounts = [], []
+        for shared, (src, mp, fstype, mopts, sopts, (major, minor)) in enumerate(entries, start=1):
+            info.append(f"{ids[mp]} {parent(mp)} {major}:{minor} / {_esc(mp)} {mopts} shared:{shared} - "
+                        f"{fstype} {_esc(src)} {sopts}")
+            extra = ",".join(o for o in sopts.split(",") if o not in ("rw", "ro"))
+            mounts.append(f"{_esc(src)} {_esc(mp)} {fstype} {mopts}{',' + extra if extra else ''} 0 0")
+        _w(self.out / "proc/self/mountinfo", "\n".join(info) + "\n")
+        _w(self.out / "proc/mounts", "\n".join(mounts) + "\n")
+
+    def _network(self) -> None:
+        """Interfaces (lo, the PCI ones, virtual ones), and the kernel's route, fib_trie and if_inet6 files."""
+        net = network_layout(self.p)
+        dirs = {}
+        names = ["lo"] + list(self.nic_dirs) + [n for n in net if n not in self.nic_dirs]
+        for index, name in enumerate(names, start=1):
+            ndir = self.nic_dirs.get(name)
+            if ndir is None:
+                ndir = self.out / "sys/devices/virtual/net" / name
+                mac = "00:00:00:00:00:00" if name == "lo" else "02:00:00:00:00:%02x" % index
+                _w(ndir / "address", mac + "\n")
+                _w(ndir / "operstate", ("unknown" if name == "lo" else "up") + "\n")
+                _link(self.out / "sys/class/net" / name, _rel(ndir, self.out / "sys/class/net" / name))
+            _w(ndir / "ifindex", f"{index}\n")
+            dirs[name] = (ndir, index)
+        for name, spec in net.items():
+            for lower in spec["lower"]:
+                up, low = dirs[name][0], dirs[lower][0]
+                _link(up / f"lower_{lower}", _rel(low, up / f"lower_{lower}"))
+                _link(low / f"upper_{name}", _rel(up, low / f"upper_{name}"))
+        inet6 = ["00000000000000000000000000000001 01 80 10 80       lo"]
+        routes, leaves = [], {}
+        for key, entry in ((0x7F000000, (8, "host", "LOCAL")), (0x7F000001, (32, "host", "LOCAL")),
+                           (0x7FFFFFFF, (32, "link", "BROADCAST"))):
+            leaves.setdefault(key, []).append(entry)
+        for name, spec in net.items():
+            index = dirs[name][1]
+            for addr in spec["addresses"]:
+                if addr.version == 6:
+                    scope = 0x20 if addr.ip.is_link_local else 0x00
+                    inet6.append(f"{addr.ip.packed.hex()} {index:02x} {addr.network.prefixlen:02x} {scope:02x} 80 {name:>8}")
+                    continue
+                nw, plen = addr.network, addr.network.prefixlen
+                leaves.setdefault(int(addr.ip), []).append((32, "host", "LOCAL"))
+                if plen < 32:
+                    leaves.setdefault(int(nw.network_address), []).append((plen, "link", "UNICAST"))
+                    routes.append((name, nw.network_address, ipaddress.IPv4Address(0), 0x0001, nw.netmask))
+                if plen < 31:
+                    leaves.setdefault(int(nw.broadcast_address), []).append((32, "link", "BROADCAST"))
+        first = next(((n, a) for n, s in net.items() for a in s["addresses"] if a.version == 4), None)
+        if first is not None:
+            gateway = first[1].network.network_address + 1
+            if gateway == first[1].ip and first[1].network.num_addresses > 2:
+                gateway += 1
+            routes.insert(0, (first[0], ipaddress.IPv4Address(0), gateway, 0x0003, ipaddress.IPv4Address(0)))
+            leaves.setdefault(0, []).append((0, "universe", "UNICAST"))
+
+        def hx(ip) -> str:  # the kernel prints the network-order word as a native (little-endian) integer
+            return f"{int.from_bytes(ip.packed, 'little'):08X}"
+
+        route = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT".ljust(127)]
+        for name, dest, gw, flags, mask in routes:
+            route.append(f"{name}\t{hx(dest)}\t{hx(gw)}\t{flags:04X}\t0\t0\t100\t{hx(mask)}\t0\t0\t0".ljust(127))
+        _w(self.out / "proc/net/route", "\n".join(route) + "\n")
+        trie = _fib_trie(leaves)
+        _w(self.out / "proc/net/fib_trie", "Main:\n" + trie + "Local:\n" + trie)
+        _w(self.out / "proc/net/if_inet6", "\n".join(inet6) + "\n")
 
     def _iommu(self) -> None:
         io = self.p.get("iommu") or {}
@@ -374,11 +673,6 @@ class SysrootBuilder:
             "   0:         21          0   IO-APIC   2-edge      timer\n"
             f" 120:          0        512   {chip} 327680-edge      xhci_hcd\n"
         ))
-        mounts = ["/dev/nvme0n1p2 / ext4 rw,relatime 0 0", "proc /proc proc rw 0 0", "sysfs /sys sysfs rw 0 0"]
-        if (self.p.get("firmware") or {}).get("uefi", True):
-            esp = os_.get("esp", "/boot/efi")
-            mounts.append(f"/dev/nvme0n1p1 {esp} vfat rw,relatime,fmask=0077,dmask=0077 0 0")
-        _w(self.out / "proc/mounts", "\n".join(mounts) + "\n")
         loaded = sorted({str(d["driver"]).replace("-", "_") for d in self.devs.values() if d.get("driver")}
                         | set(os_.get("loaded_modules") or []))
         builtin = set(os_.get("builtin_modules") or [])
@@ -456,6 +750,40 @@ class SysrootBuilder:
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
+
+
+def _esc(path: str) -> str:
+    """Space, tab, newline and backslash as the kernel escapes them in mount tables."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def _fib_trie(leaves: dict) -> str:
+    """``cat /proc/net/fib_trie`` of one table: a path-compressed binary trie of the keys.
+
+    Every node, inner (``+-- prefix/len bits full_children empty_children``) or leaf
+    (``|-- address`` and its ``/len scope TYPE`` aliases, longest prefix first), is indented
+    three spaces per level, as fib_trie_seq_show() prints it.
+    """
+    lines = []
+
+    def node(keys: list, level: int) -> None:
+        pad = "   " * level
+        if len(keys) == 1:
+            lines.append(f"{pad}  |-- {ipaddress.IPv4Address(keys[0])}")
+            for plen, scope, typ in sorted(leaves[keys[0]], key=lambda a: -a[0]):
+                lines.append(f"{pad}     /{plen} {scope} {typ}")
+            return
+        plen = 32 - (keys[0] ^ keys[-1]).bit_length()
+        prefix = keys[0] & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+        bit = 31 - plen
+        halves = ([k for k in keys if not k >> bit & 1], [k for k in keys if k >> bit & 1])
+        full = sum(1 for h in halves if len(h) > 1 and 32 - (h[0] ^ h[-1]).bit_length() == plen + 1)
+        lines.append(f"{pad}  +-- {ipaddress.IPv4Address(prefix)}/{plen} 1 {full} 0")
+        for h in halves:
+            node(h, level + 1)
+
+    node(sorted(leaves), 0)
+    return "\n".join(lines) + "\n"
 
 
 def _kver(k: str) -> tuple:

@@ -15,7 +15,7 @@ from ansible_collections.exliar.vfio.plugins.plugin_utils._hooks import run_stag
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("root", "names"))
+    _VALID_ARGS = frozenset(("root", "names", "connection_address"))
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}

@@ -63,12 +63,18 @@ class CallbackModule(CallbackBase):
     def _host(self, result) -> dict:
         return self.results.setdefault(result._host.get_name(), {"facts": None, "failed": None})
 
+    def _keep(self, result) -> None:
+        facts = result._result.get("ansible_facts") or {}
+        if isinstance(facts.get("vfio"), dict):
+            self._host(result)["facts"] = facts["vfio"]
+        if isinstance(facts.get("vfio_bind_plan"), dict):
+            self._host(result)["bind"] = facts["vfio_bind_plan"]
+
     def v2_runner_on_ok(self, result) -> None:
-        facts = (result._result.get("ansible_facts") or {}).get("vfio")
-        if isinstance(facts, dict):
-            self._host(result)["facts"] = facts
+        self._keep(result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False) -> None:
+        self._keep(result)
         if not ignore_errors:
             self._host(result)["failed"] = f"{result._task.get_name()}: {result._result.get('msg', 'failed')}"
 

@@ -8,16 +8,19 @@ from ansible_collections.exliar.vfio.plugins.module_utils import _system as syst
 from ansible_collections.exliar.vfio.plugins.module_utils._bootloader_detect import detect_bootloader
 from ansible_collections.exliar.vfio.plugins.module_utils._cmdline import parse_cmdline
 from ansible_collections.exliar.vfio.plugins.module_utils._gpu import build_gpus
+from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import host_usage
 from ansible_collections.exliar.vfio.plugins.module_utils._initramfs_detect import detect_initramfs
 from ansible_collections.exliar.vfio.plugins.module_utils._iommu import iommu_groups, iommu_state
 from ansible_collections.exliar.vfio.plugins.module_utils._kmod import vfio_readiness
+from ansible_collections.exliar.vfio.plugins.module_utils._managed import managed_state
 from ansible_collections.exliar.vfio.plugins.module_utils._pci import scan_pci
 from ansible_collections.exliar.vfio.plugins.module_utils._rootfs import RootFS
 
 FACTS_VERSION = 1
 
 
-def gather_facts(root: str = "/", with_names: bool = True) -> dict:
+def gather_facts(root: str = "/", with_names: bool = True, connection_address=None) -> dict:
+    """Every fact of the host below ``root``; ``connection_address`` is the host-side IP Ansible connects to."""
     fs = RootFS(root)
     if not fs.isdir("/"):
         fs.warn(f"root {root}: not a directory; nothing could be read")
@@ -36,6 +39,7 @@ def gather_facts(root: str = "/", with_names: bool = True) -> dict:
         kernels.append(kern["running"])
     efi_entry = system.efi_boot_current(fs) if boot["mode"] == "uefi" else None
     gpus = build_gpus(devices, groups)
+    usage = host_usage(fs, connection_address)
     return {
         "facts_version": FACTS_VERSION,
         "root": fs.root,
@@ -54,5 +58,7 @@ def gather_facts(root: str = "/", with_names: bool = True) -> dict:
         "pci_devices": [d.as_fact() for d in devices],
         "iommu_groups": [{"id": g["id"], "devices": g["devices"], "type": g["type"]} for g in groups],
         "gpus": gpus,
+        "host_usage": usage,
+        "managed": managed_state(fs),
         "warnings": list(fs.warnings),
     }

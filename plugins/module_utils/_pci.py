@@ -26,6 +26,7 @@ class PciDevice:
     subsystem_device_id: str | None = None
     revision: str | None = None
     driver: str | None = None
+    driver_module: str | None = None
     iommu_group: int | None = None
     boot_vga: bool = False
     vendor_name: str | None = None
@@ -54,7 +55,7 @@ class PciDevice:
             "address": self.address, "vendor_id": self.vendor_id, "device_id": self.device_id,
             "class": self.class_code, "revision": self.revision,
             "subsystem_vendor_id": self.subsystem_vendor_id, "subsystem_device_id": self.subsystem_device_id,
-            "driver": self.driver, "iommu_group": self.iommu_group, "boot_vga": self.boot_vga,
+            "driver": self.driver, "driver_module": self.driver_module, "iommu_group": self.iommu_group, "boot_vga": self.boot_vga,
             "vendor_name": self.vendor_name, "device_name": self.device_name,
             "reset_methods": list(self.reset_methods), "parent_bridge": self.parent,
             "is_bridge": self.is_bridge, "block_devices": list(self.block_devices),
@@ -118,6 +119,7 @@ def scan_pci(fs, with_names: bool = True) -> list:
             subsystem_device_id=_read_hex(fs, base, "subsystem_device", 4, False),
             revision=_read_hex(fs, base, "revision", 2, False),
             driver=fs.link_name(f"{base}/driver"),
+            driver_module=fs.link_name(f"{base}/driver/module"),
             iommu_group=int(group) if group and group.isdigit() else None,
             boot_vga=fs.read_line(f"{base}/boot_vga") == "1",
             reset_methods=reset.split() if reset else [],

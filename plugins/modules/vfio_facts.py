@@ -14,7 +14,8 @@ description:
     the distribution, kernel, CPU vendor and virtualization flags, boot mode and Secure Boot, chassis,
     the IOMMU state and the exact reason it is off, the bootloader and initramfs generator in use (with
     the evidence), the availability of the vfio modules for every installed kernel, every PCI device,
-    every IOMMU group, and the GPUs with their companion functions and group verdicts.
+    every IOMMU group, the GPUs with their companion functions and group verdicts, and the PCI devices the host
+    itself uses (mounted filesystems, active swap, the interface carrying the Ansible connection).
   - Every file is read below O(root), so the same call inspects V(/), a chroot, or a host sysroot
     built from a machine profile.
   - The module never fails on unreadable or malformed host files; it returns what it could not read
@@ -36,6 +37,15 @@ options:
       - Set to V(false) to skip the lookup; RV(ansible_facts.vfio.pci_devices[].vendor_name) is then null.
     type: bool
     default: true
+  connection_address:
+    description:
+      - The host-side IP address (IPv4 or IPv6) Ansible connects to. The network interface that holds it,
+        and the PCI device below that interface, are reported in RV(ansible_facts.vfio.host_usage) as in use.
+      - Default is the server address of E(SSH_CONNECTION) in the module's environment when O(root) is V(/);
+        nothing for another root, whose network is not the one the module runs in, and nothing for a local connection.
+      - Set it behind NAT or a jump host, when C(become) drops E(SSH_CONNECTION) from the environment,
+        or to check a sysroot.
+    type: str
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -67,6 +77,10 @@ EXAMPLES = r"""
 - name: Inspect a chroot or a lab sysroot instead of the running host
   exliar.vfio.vfio_facts:
     root: /srv/sysroots/workstation
+
+- name: Name the address Ansible reaches the host on, when SSH_CONNECTION does not show it (NAT, jump host)
+  exliar.vfio.vfio_facts:
+    connection_address: 192.168.1.20
 
 - name: Show the GPUs whose IOMMU group can be passed through as it is
   ansible.builtin.debug:
@@ -244,6 +258,21 @@ ansible_facts:
                     "kind": "discrete", "bmc": false, "boot_vga": false, "iommu_group": 1,
                     "companions": ["0000:01:00.1", "0000:01:00.2", "0000:01:00.3"],
                     "group_viable": true, "group_blockers": [], "identical_to": []}]
+        host_usage:
+          description:
+            - The PCI devices the host itself uses; giving one of them to a VM takes it away from the host.
+            - C(connection) is C({address, interfaces, pci_addresses}), the interface that holds the host-side address
+              of the Ansible connection and the PCI devices below it (none for a virtual interface; a bridge or bond
+              stands on its lower interfaces). C(address) is null for a local connection.
+            - C(in_use) maps a PCI address to C({kind, block, detail}) entries for mounted filesystems (C(kind=mount))
+              and active swap (C(kind=swap)), followed through device-mapper, LVM, LUKS and md to the disks, and
+              C({kind, interface, detail}) entries for the connection (C(kind=connection)).
+          type: dict
+          returned: always
+          sample: {"connection": {"address": "192.168.1.20", "interfaces": ["enp7s0"], "pci_addresses": ["0000:07:00.0"]},
+                   "in_use": {"0000:01:00.0": [{"kind": "mount", "block": "nvme0n1p3", "detail": "/ (ext4)"}],
+                              "0000:07:00.0": [{"kind": "connection", "interface": "enp7s0",
+                                                "detail": "carries the Ansible connection to 192.168.1.20"}]}}
         warnings:
           description: What could not be read or made sense of; detection went on without it.
           type: list
@@ -252,17 +281,25 @@ ansible_facts:
           sample: ["sys/bus/pci/devices/0000:01:00.0/class: unexpected content 'garbage', ignored"]
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
+from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import connection_address
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"root": {"type": "path", "default": "/"}, "names": {"type": "bool", "default": True}},
+        argument_spec={"root": {"type": "path", "default": "/"}, "names": {"type": "bool", "default": True},
+                       "connection_address": {"type": "str"}},
         supports_check_mode=True,
     )
-    facts = gather_facts(module.params["root"], with_names=module.params["names"])
+    root = module.params["root"]
+    address = module.params["connection_address"]
+    if address is None and os.path.abspath(root or "/") == "/":
+        address = connection_address(os.environ)
+    facts = gather_facts(root, with_names=module.params["names"], connection_address=address)
     for warning in facts["warnings"]:
         module.warn(warning)
     module.exit_json(changed=False, ansible_facts={"vfio": facts})

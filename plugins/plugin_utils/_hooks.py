@@ -47,25 +47,49 @@ class ActionTarget:
         return self._exec(list(argv))
 
 
-def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict, template=None, action=None) -> dict:
-    host = task_vars.get("inventory_hostname") or "localhost"
-    try:
-        session = open_session(task_vars, host, template=template)
-    except api.PluginError as exc:
-        result.update(failed=True, msg=f"extension plugins: {exc}")
-        return result
-    if session is None:
-        return result
-    if action is not None:
-        session.manager.set_service("target", ActionTarget(action, facts.get("root") or "/"))
-    try:
-        getattr(session, stage)(facts)
-    except CriticalPluginFailure as exc:
-        result.update(failed=True, msg=str(exc))
-    finally:
-        session.pack()
-        summary = session.summary()
-        session.save()
+class StageSession:
+    """A host's plugin session around one stage task: ``with StageSession(...) as session``.
+
+    ``session`` is None when no plugin is installed or enabled. On leaving, a critical plugin
+    failure fails the task, and the plugins' summary, failures and warnings go into the result.
+    """
+
+    def __init__(self, result: dict, task_vars: dict, root: str = "/", template=None, action=None):
+        self.result = result
+        self.task_vars = task_vars
+        self.root = root
+        self.template = template
+        self.action = action
+        self.session = None
+
+    def __enter__(self):
+        host = self.task_vars.get("inventory_hostname") or "localhost"
+        try:
+            self.session = open_session(self.task_vars, host, template=self.template)
+        except api.PluginError as exc:
+            self.result.update(failed=True, msg=f"extension plugins: {exc}")
+            raise _StageAborted() from exc
+        if self.session is not None and self.action is not None:
+            self.session.manager.set_service("target", ActionTarget(self.action, self.root or "/"))
+        return self.session
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.session is None:
+            return exc_type is _StageAborted
+        if exc_type is CriticalPluginFailure:
+            self.result.update(failed=True, msg=str(exc))
+        self.session.pack()
+        summary = self.session.summary()
+        self.session.save()
+        _fold_summary(self.result, summary)
+        return exc_type in (CriticalPluginFailure, _StageAborted)
+
+
+class _StageAborted(Exception):
+    """Opening the plugin session failed; the result already says why."""
+
+
+def _fold_summary(result: dict, summary: dict) -> None:
     result["vfio_plugins"] = summary
     for failure in summary["failures"]:
         result.setdefault("warnings", []).append(
@@ -74,4 +98,14 @@ def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict, temp
         result.setdefault("warnings", []).append(warning)
     for name, reason in summary["rejected"].items():
         result.setdefault("warnings", []).append(f"plugin {name} not loaded: {reason}")
+
+
+def run_stage_hooks(result: dict, task_vars: dict, stage: str, facts: dict, template=None, action=None) -> dict:
+    """Run one stage method of the host's session (``Session.<stage>(facts)``) and fold its outcome in."""
+    try:
+        with StageSession(result, task_vars, facts.get("root") or "/", template, action) as session:
+            if session is not None:
+                getattr(session, stage)(facts)
+    except _StageAborted:
+        pass
     return result

@@ -268,6 +268,7 @@ class Session:
             "commands": {k: {"description": c.description, "plugin": c.plugin} for k, c in self.manager.commands.items()}
             or self.state.get("commands", {}),
             "finished": self.state.get("finished", False),
+            "journaled": self.state.get("journaled", 0),
         }
         state_store.save_host_state(self.rdir, self.host, self.state)
 
@@ -292,6 +293,32 @@ class Session:
         m.invoke_hook("on_device_enumeration", [api.PciDevice.from_fact(d) for d in facts.get("pci_devices") or []])
         for gpu in facts.get("gpus") or []:
             m.invoke_hook("on_gpu_detected", api.GpuDevice.from_fact(gpu))
+
+    def _stage_services(self, facts: dict, plan: dict | None = None) -> None:
+        m = self.manager
+        m.set_service("system_info", api.SystemInfo.from_facts(facts))
+        m.set_service("device_manager", DeviceManager(facts))
+        if plan is not None:
+            m.set_service("vfio_manager", VfioManager(plan))
+
+    def pre_bind(self, facts: dict, plan: dict) -> None:
+        """``on_pre_vfio_bind`` once per device of the plan, before anything is bound."""
+        self._stage_services(facts, plan)
+        for dev in plan.get("devices") or []:
+            self.manager.invoke_hook("on_pre_vfio_bind", _planned_device(dev))
+
+    def post_bind(self, facts: dict, plan: dict) -> None:
+        """``on_post_vfio_bind`` once per device, after the module bound them."""
+        self._stage_services(facts, plan)
+        for dev in plan.get("devices") or []:
+            self.manager.invoke_hook("on_post_vfio_bind", _planned_device(dev, bound=True))
+
+    def unjournaled_records(self) -> list:
+        """Plugin operations the host's journal has not received yet."""
+        return self.records[int(self.state.get("journaled", 0)):]
+
+    def mark_journaled(self) -> None:
+        self.state["journaled"] = len(self.records)
 
     def run_command(self, command: str, args: list) -> str:
         """Run a command a plugin registered (``playbooks/plugins.yml``, action run)."""
@@ -352,6 +379,38 @@ class DeviceManager:
 
     def iommu_group(self, number: int) -> list:
         return list(self._groups.get(number, []))
+
+
+def _planned_device(dev: dict, bound: bool = False) -> api.PciDevice:
+    return api.PciDevice(address=dev["address"], vendor_id=dev.get("vendor_id"), device_id=dev.get("device_id"),
+                         class_code=dev.get("class"), driver="vfio-pci" if bound else dev.get("driver"),
+                         iommu_group=dev.get("iommu_group"), device_name=dev.get("name"))
+
+
+class VfioManager:
+    """The binding plan of the host, for plugins (``ctx.vfio_manager()``, permission ``vfio:manage``)."""
+
+    def __init__(self, plan: dict):
+        self._plan = plan
+
+    def devices(self) -> list:
+        """Every function the stage binds, as :class:`api.PciDevice`."""
+        return [_planned_device(d) for d in self._plan.get("devices") or []]
+
+    def is_selected(self, address: str) -> bool:
+        return any(d["address"] == address for d in self._plan.get("devices") or [])
+
+    def driver_before(self, address: str):
+        """The host driver the device leaves (None: it had none)."""
+        return next((d.get("driver_before") for d in self._plan.get("devices") or [] if d["address"] == address), None)
+
+    def ids(self) -> list:
+        """vendor:device ids bound through ``options vfio-pci ids=``."""
+        return list(self._plan.get("ids") or [])
+
+    def by_address(self) -> list:
+        """Addresses claimed one by one at early boot (their id is shared with a host device)."""
+        return list(self._plan.get("by_address") or [])
 
 
 class StateTracker:

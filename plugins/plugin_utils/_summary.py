@@ -78,6 +78,28 @@ def render_host(host: str, facts: dict) -> list:
     return lines
 
 
+def render_bind(plan: dict) -> list:
+    """The binding plan of one host: every function, the driver it leaves, how it is bound at boot."""
+    lines = []
+    status = plan.get("status")
+    head = {"ok": "plan", "refused": "REFUSED", "empty": "nothing selected"}.get(status, status or "?")
+    lines.append(f"  bind       {head}")
+    by_address = set(plan.get("by_address") or [])
+    for d in plan.get("devices") or []:
+        how = "by address" if d["address"] in by_address else "by id"
+        lines.append(f"               {d['address']} {d.get('name') or ''} [{d.get('ids')}] group {d.get('iommu_group')}, "
+                     f"leaves {d.get('driver_before') or 'no driver'}, {how} ({d.get('reason')})")
+    for e in plan.get("errors") or []:
+        lines.append(f"    ! {e}")
+    for r in plan.get("refusals") or []:
+        lines.append(f"    ! {r['message']}")
+    for w in plan.get("warnings") or []:
+        lines.append(f"    ~ {w}")
+    if plan.get("kernel_params"):
+        lines.append(f"               kernel parameters for the bootloader stage: {' '.join(plan['kernel_params'])}")
+    return lines
+
+
 def render_plugins(summary: dict) -> list:
     lines = []
     plugins = summary.get("plugins") or {}
@@ -104,8 +126,10 @@ def render_summary(results: dict, plugins: dict | None = None) -> str:
             out.extend(render_host(host, r["facts"]))
         else:
             out.append(host)
+        if r.get("bind"):
+            out.extend(render_bind(r["bind"]))
         out.extend(render_plugins(plugins.get(host) or {}))
-        if r.get("failed"):
+        if r.get("failed") and not (r.get("bind") or {}).get("status") == "refused":
             out.append(f"  FAILED     {r['failed']}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
