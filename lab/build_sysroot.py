@@ -528,7 +528,8 @@ class SysrootBuilder:
                 link = self.out / "sys/fs/btrfs" / fsid / "devices" / name
                 _link(link, _rel(nodes[name][0], link))
             entries.append((source, m["mountpoint"], fstype, mopts, sopts, devnum))
-        late = LATE_MOUNTS + ([EFIVARS_MOUNT] if (self.p.get("firmware") or {}).get("uefi", True) else [])
+        uefi = (self.p.get("firmware") or {}).get("uefi", True)
+        late = LATE_MOUNTS + ([EFIVARS_MOUNT] if uefi else [])
         for src, mp, fstype, mopts, sopts in late:
             entries.append((src, mp, fstype, mopts, sopts, (0, next(anon))))
         ids = {e[1]: i for i, e in enumerate(entries, start=21)}  # the root's id follows the early mounts'
@@ -547,6 +548,11 @@ class SysrootBuilder:
                         f"{fstype} {_esc(src)} {sopts}")
             extra = ",".join(o for o in sopts.split(",") if o not in ("rw", "ro"))
             mounts.append(f"{_esc(src)} {_esc(mp)} {fstype} {mopts}{',' + extra if extra else ''} 0 0")
+        if "mounts" not in self.p and uefi:
+            # a profile without a mount table: /proc/mounts still names the ESP (on a partition that is not modelled)
+            # for the bootloader detection; mountinfo, whose device numbers must resolve, lists the virtual mounts only
+            mounts.append(f"/dev/nvme0n1p1 {_esc((self.p.get('os') or {}).get('esp', '/boot/efi'))} vfat "
+                          "rw,relatime,fmask=0077,dmask=0077 0 0")
         _w(self.out / "proc/self/mountinfo", "\n".join(info) + "\n")
         _w(self.out / "proc/mounts", "\n".join(mounts) + "\n")
 
@@ -825,7 +831,8 @@ def build(profile_path: Path, out_dir: Path = DEFAULT_OUT, force: bool = False) 
     stamp = hashlib.sha256(profile_path.read_bytes() + layouts + Path(__file__).read_bytes()
                            + BUILDER_VERSION.encode()).hexdigest()
     stamp_file = target / ".profile-hash"
-    if not force and stamp_file.exists() and stamp_file.read_text() == stamp:
+    touched = (target / "var/lib/exliar-vfio").exists()  # the collection changed it: start again from the profile
+    if not force and not touched and stamp_file.exists() and stamp_file.read_text() == stamp:
         return target
     SysrootBuilder(profile, target, find_pci_ids(), find_hwdb()).build()
     stamp_file.write_text(stamp)

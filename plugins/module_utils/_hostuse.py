@@ -195,7 +195,8 @@ def mounted_pci_devices(fs) -> dict:
             fs.warn(f"swap {s['filename']}: not in sys/class/block; the PCI device holding it is unknown")
             continue
         for leaf, addr in physical_devices(fs, name):
-            _add(out, addr, {"kind": "swap", "block": leaf, "detail": _detail(f"{s['filename']} (swap)", name, leaf)})
+            via = name not in (leaf, s["filename"].rsplit("/", 1)[-1])  # the kernel names dm swap /dev/dm-N already
+            _add(out, addr, {"kind": "swap", "block": leaf, "detail": f"swap {s['filename']}" + (f" via {name}" if via else "")})
     return out
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.exliar.vfio.plugins.module_utils import _hwdb, _pciids
+from ansible_collections.exliar.vfio.plugins.module_utils import _hwdb, _pciids, _system
+from ansible_collections.exliar.vfio.plugins.module_utils._kmod import pci_alias_matcher
 
 BDF_RE = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$")
 PCI_DEVICES = "sys/bus/pci/devices"
@@ -27,6 +28,7 @@ class PciDevice:
     revision: str | None = None
     driver: str | None = None
     driver_module: str | None = None
+    kernel_modules: list = field(default_factory=list)
     iommu_group: int | None = None
     boot_vga: bool = False
     vendor_name: str | None = None
@@ -55,7 +57,8 @@ class PciDevice:
             "address": self.address, "vendor_id": self.vendor_id, "device_id": self.device_id,
             "class": self.class_code, "revision": self.revision,
             "subsystem_vendor_id": self.subsystem_vendor_id, "subsystem_device_id": self.subsystem_device_id,
-            "driver": self.driver, "driver_module": self.driver_module, "iommu_group": self.iommu_group, "boot_vga": self.boot_vga,
+            "driver": self.driver, "driver_module": self.driver_module, "kernel_modules": list(self.kernel_modules),
+            "iommu_group": self.iommu_group, "boot_vga": self.boot_vga,
             "vendor_name": self.vendor_name, "device_name": self.device_name,
             "reset_methods": list(self.reset_methods), "parent_bridge": self.parent,
             "is_bridge": self.is_bridge, "block_devices": list(self.block_devices),
@@ -100,6 +103,7 @@ def scan_pci(fs, with_names: bool = True) -> list:
     blocks = _children_by_device(fs, "block")
     nets = _children_by_device(fs, "net")
     devices = []
+    modaliases = {}
     for addr in entries:
         if not BDF_RE.match(addr):
             fs.warn(f"{PCI_DEVICES}/{addr}: not a PCI address, skipped")
@@ -129,6 +133,12 @@ def scan_pci(fs, with_names: bool = True) -> list:
             net_interfaces=sorted(nets.get(addr, [])),
         )
         devices.append(dev)
+        modaliases[addr] = fs.read_line(f"{base}/modalias")
+    if any(modaliases.values()):
+        # like lspci -k's "Kernel modules": every driver of the running kernel that could claim the device
+        matcher = pci_alias_matcher(fs, _system.kernel(fs)["running"])
+        for d in devices:
+            d.kernel_modules = matcher(modaliases[d.address])
     if with_names:
         ids = sorted({(d.vendor_id, d.device_id) for d in devices if d.vendor_id and d.device_id})
         names = _pciids.lookup_names(fs, ids)

@@ -1,6 +1,8 @@
 """The built-in lab: the real playbook over sysroots of real machines, checked against the sources."""
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -8,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from build_sysroot import build
 from conftest import PROFILES, lab_inventory_hosts
 from labrun import REPO, VENV_BIN, ansible_env, assert_matches_expect, cached_facts, recap, run_playbook
 
@@ -29,13 +32,36 @@ def test_lab_has_the_required_coverage(profiles):
     assert {"initramfs-tools", "dracut", "mkinitcpio"} <= initramfs
 
 
-def test_playbook_runs_on_every_host_and_changes_nothing(lab_run):
+# The lab's selections (lab/inventory.yml) that the binding stage must refuse, and why.
+REFUSED = {
+    "gpu-nvme-shared-group": "shares IOMMU group 0 with 0000:01:00.0",
+    "intel-iommu-param-missing": "the IOMMU is off",
+    "iommu-off-firmware": "the IOMMU is off",
+    "laptop-3d-controller": "the IOMMU is off",
+    "single-gpu-desktop": "drives the boot display and no other GPU stays with the host",
+}
+NOTHING_SELECTED = {"server-bmc-only"}
+
+
+def test_playbook_binds_the_lab_and_refuses_what_is_unsafe(lab_run):
     proc = lab_run["proc"]
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]  # 2: some hosts failed, as planned
     assert sorted(lab_run["recap"]) == sorted(PROFILES)
     for host, counts in lab_run["recap"].items():
-        assert counts["failed"] == 0 and counts["unreachable"] == 0, host
-        assert counts["changed"] == 0, host
+        assert counts["unreachable"] == 0, host
+        if host in REFUSED:
+            assert counts["failed"] == 1 and counts["changed"] == 0, host
+            assert re.search(rf"fatal: \[{re.escape(host)}\].*{re.escape(REFUSED[host])}", proc.stdout), host
+        else:
+            assert counts["failed"] == 0, host
+            assert counts["changed"] == (0 if host in NOTHING_SELECTED else 1), host
+
+
+def test_a_second_run_changes_nothing(lab_run, tmp_path):
+    proc = run_playbook(tmp_path, "playbooks/vfio.yml")
+    counts = recap(proc.stdout)
+    assert sorted(h for h, c in counts.items() if c["failed"]) == sorted(REFUSED)
+    assert all(c["changed"] == 0 for c in counts.values()), counts
 
 
 def test_summary_names_every_host_and_its_gpus(lab_run, lab_facts):
@@ -103,10 +129,35 @@ def test_real_lspci_reads_the_sysroot_and_agrees(pid, sysroots, lab_facts):
         assert rec.get("IOMMUGroup") == (str(d["iommu_group"]) if d["iommu_group"] is not None else None)
 
 
-def test_check_mode_reports_the_same_and_changes_nothing(sysroots, tmp_path):
-    proc = run_playbook(tmp_path, "playbooks/vfio.yml", "--check", "--diff")
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert all(c["changed"] == 0 for c in recap(proc.stdout).values())
+def test_check_mode_predicts_the_changes_and_changes_nothing(tmp_path):
+    """On a fresh copy of the lab (the inventory beside its own .sysroots), --check --diff shows the
+    binding stage's files and writes nothing."""
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    shutil.copy(REPO / "lab" / "inventory.yml", lab / "inventory.yml")
+    for pid, path in PROFILES.items():
+        build(path, lab / ".sysroots")
+    before = _tree(lab / ".sysroots")
+    proc = run_playbook(tmp_path, "playbooks/vfio.yml", "--check", "--diff", inventory=lab / "inventory.yml")
+    counts = recap(proc.stdout)
+    assert sorted(h for h, c in counts.items() if c["failed"]) == sorted(REFUSED), proc.stdout[-3000:]
+    assert counts["desktop-intel-turing"]["changed"] == 1
+    assert "+options vfio-pci ids=" in proc.stdout and "/etc/modprobe.d/exliar-vfio.conf" in proc.stdout
+    assert _tree(lab / ".sysroots") == before
+
+
+def _tree(root) -> dict:
+    """Every path below root with its mode and content digest (links: their target)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            out[rel] = (path.stat().st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
+        else:
+            out[rel] = ("dir", path.stat().st_mode)
+    return out
 
 
 def _write_inventory(tmp_path, hosts: dict):

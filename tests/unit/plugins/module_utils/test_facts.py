@@ -12,7 +12,7 @@ from helpers import (
 from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
 
 TOP_KEYS = {"facts_version", "root", "system", "cmdline", "iommu", "bootloader", "initramfs", "vfio_modules",
-            "pci_devices", "iommu_groups", "gpus", "warnings"}
+            "pci_devices", "iommu_groups", "gpus", "host_usage", "managed", "warnings"}
 
 
 def test_a_healthy_desktop(desktop_root, desktop_facts):
