@@ -71,6 +71,14 @@ INPROCESS_CODE = (
     "json.dump(out, sys.stdout)\n"
 )
 
+DETECT_PLAYBOOK = """---
+- name: Detection only - the vfio.yml play without the binding stage
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: exliar.vfio.detect
+"""
+
 FLOOR_PLAYBOOK = """---
 - name: Floor - one trivial module per host
   hosts: all
@@ -286,12 +294,26 @@ def bench_facts(roots: dict, args, tmp: Path) -> dict:
 
 
 # ---- benchmark 2: playbook on many hosts vs a ping floor --------------------------------------------
+BIND_SELECTION = [{"gpus": "discrete_except_boot"}]
+
+
+def bindable(roots: dict) -> set:
+    """Profiles whose binding plan for BIND_SELECTION is ok (the others are refused on purpose)."""
+    sys.path.insert(0, str(COLLECTIONS))
+    from ansible_collections.exliar.vfio.plugins.module_utils._bindplan import make_plan  # noqa: PLC0415
+    from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts  # noqa: PLC0415
+    return {pid for pid, r in roots.items() if make_plan(gather_facts(str(r["root"])), BIND_SELECTION)["status"] == "ok"}
+
+
 def write_inventory(path: Path, roots: dict, hosts: int) -> list:
+    """``hosts`` hosts cycling over the sysroots; those whose plan is ok also run the binding stage."""
     ids = sorted(roots)
+    can_bind = bindable(roots)
     names = {}
     for i in range(hosts):
         pid = ids[i % len(ids)]
-        names[f"{pid}-{i:03d}"] = {"vfio_root": str(roots[pid]["root"])}
+        names[f"{pid}-{i:03d}"] = {"vfio_root": str(roots[pid]["root"]),
+                                   "vfio_devices": BIND_SELECTION if pid in can_bind else []}
     inv = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": venv_python()},
                    "hosts": names}}
     path.write_text(json.dumps(inv, indent=1))  # JSON is YAML: the yaml inventory plugin reads it
@@ -343,11 +365,14 @@ def bench_playbook(roots: dict, args, tmp: Path) -> dict:
     run_playbook(PLAYBOOK, warm_inv, tmp / "warmup-vfio.log", env, len(roots), None)
     run_playbook(floor, warm_inv, tmp / "warmup-floor.log", env, len(roots), 1)
 
-    samples = {"floor": [], "vfio": []}
+    detect = tmp / "detect.yml"
+    detect.write_text(DETECT_PLAYBOOK)
+    samples = {"floor": [], "detect": [], "vfio": []}
+    books = {"floor": (floor, 1), "detect": (detect, None), "vfio": (PLAYBOOK, None)}
     for r in range(args.pb_repeat):
-        order = ["floor", "vfio"] if r % 2 == 0 else ["vfio", "floor"]
+        order = ["floor", "detect", "vfio"] if r % 2 == 0 else ["vfio", "detect", "floor"]
         for which in order:
-            pb, ok = (PLAYBOOK, None) if which == "vfio" else (floor, 1)
+            pb, ok = books[which]
             started = time.perf_counter()
             print(f"   run {r + 1}/{args.pb_repeat}: {which} ...", end="", flush=True)
             samples[which].append(run_playbook(pb, inv, tmp / f"{which}-{r}.log", env, len(hosts), ok))
@@ -365,9 +390,14 @@ def bench_playbook(roots: dict, args, tmp: Path) -> dict:
         "ratio_vfio_over_floor_wall": ratio(stats["vfio"]["wall_median_s"], stats["floor"]["wall_median_s"]),
         "ratio_vfio_over_floor_cpu": ratio(stats["vfio"]["cpu_median_s"], stats["floor"]["cpu_median_s"]),
         "vfio_minus_floor_per_host_ms": round(stats["vfio"]["per_host_ms"] - stats["floor"]["per_host_ms"], 2),
+        "detect": stats["detect"],
+        "ratio_vfio_over_detect_wall": ratio(stats["vfio"]["wall_median_s"], stats["detect"]["wall_median_s"]),
+        "ratio_vfio_over_detect_cpu": ratio(stats["vfio"]["cpu_median_s"], stats["detect"]["cpu_median_s"]),
+        "bind_per_host_ms": round(stats["vfio"]["per_host_ms"] - stats["detect"]["per_host_ms"], 2),
     }
     rows = []
-    for k, label in (("floor", "floor: ansible.builtin.ping"), ("vfio", "playbooks/vfio.yml (converged)")):
+    for k, label in (("floor", "floor: ansible.builtin.ping"), ("detect", "detect role only"),
+                     ("vfio", "playbooks/vfio.yml (converged)")):
         s = stats[k]
         rows.append([label, s["n"], f"{s['wall_median_s']:.2f}", f"{s['wall_min_s']:.2f}", f"{s['wall_max_s']:.2f}",
                      f"{s['per_host_ms']:.1f}", f"{s['cpu_median_s']:.2f}", f"{s['cpu_per_host_ms']:.1f}"])
@@ -377,6 +407,9 @@ def bench_playbook(roots: dict, args, tmp: Path) -> dict:
           f"{fmt_ratio(result['ratio_vfio_over_floor_cpu'])} cpu; vfio costs "
           f"{result['vfio_minus_floor_per_host_ms']:.1f} ms more per host than ping "
           f"(vfio runs {'/'.join(map(str, tasks_ok))} tasks per host, the floor 1; changed={vfio_changed})")
+    print(f"   vfio/detect: {fmt_ratio(result['ratio_vfio_over_detect_wall'])} wall, "
+          f"{fmt_ratio(result['ratio_vfio_over_detect_cpu'])} cpu: the converged binding stage costs "
+          f"{result['bind_per_host_ms']:.1f} ms per host (planned on the controller, no module call)")
     return result
 
 

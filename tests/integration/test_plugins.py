@@ -64,6 +64,7 @@ def run_lab(base: Path, hosts, extra_vars: dict) -> subprocess.CompletedProcess:
     env = ansible_env(base, XDG_CACHE_HOME=str(base / "cache"), XDG_CONFIG_HOME=str(base / "config"))
     for var in ("EXLIAR_VFIO_RUN_DIR", "EXLIAR_VFIO_REPORT_DIR"):
         env.pop(var, None)
+    extra_vars = {"vfio_devices": [], **extra_vars}  # detection only, unless the test selects devices
     cmd = [str(VENV_BIN / "ansible-playbook"), "playbooks/vfio.yml", "-v", "--limit", ",".join(hosts),
            "-e", json.dumps(extra_vars)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
@@ -341,3 +342,32 @@ def test_a_plugin_reads_the_host_through_the_stage_connection(sysroots, tmp_path
         # the file below the host's vfio_root, read over the connection, names the host's distribution
         assert storage["os_id"] == lab_facts[host]["system"]["distribution"]["id"]
         assert storage["exec"].startswith("denied:") and "target:exec" in storage["exec"]
+
+
+def test_binding_hooks_run_per_device_and_plugin_records_reach_the_journal(sysroots, tmp_path):
+    """The binding stage runs on_pre/on_post_vfio_bind once per planned function (the GPU and its
+    audio), and what a plugin recorded before the module ran is in the host's change journal."""
+    host = "dual-identical-gt710-fedora"
+    root = tmp_path / "root"
+    shutil.copytree(sysroots[host], root, symlinks=True)
+    base = tmp_path / "run"
+    base.mkdir(mode=0o700)
+    pdir, approvals = install_plugins(base, ["recorder"], approve=["recorder"])
+    log = base / "recorder.jsonl"
+    extra = {"vfio_plugin_dirs": [str(pdir)], "vfio_plugin_approvals_file": str(approvals), "vfio_plugin_default_dirs": False,
+             "vfio_plugins": {"recorder": {"config": {"log": str(log)}}}, "vfio_root": str(root),
+             "vfio_devices": ["0000:0a:00.0"]}
+    first = run_lab(base, [host], extra)
+    assert recap(first.stdout)[host]["changed"] == 1, first.stdout[-3000:]
+    second = run_lab(base, [host], extra)
+    assert recap(second.stdout)[host] == dict(recap(second.stdout)[host], changed=0, failed=0)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    bind_calls = [(e["hook"], e["detail"]) for e in entries if "vfio_bind" in e["hook"]]
+    once = [("on_pre_vfio_bind", "0000:0a:00.0"), ("on_pre_vfio_bind", "0000:0a:00.1"),
+            ("on_post_vfio_bind", "0000:0a:00.0"), ("on_post_vfio_bind", "0000:0a:00.1")]
+    assert bind_calls == once + once, "every run, also the converged one"
+    journal = [json.loads(line) for line in (root / "var/lib/exliar-vfio/journal.jsonl").read_text().splitlines()]
+    plugin_ops = [j for j in journal if j["kind"] == "plugin"]
+    assert [(j["plugin"], j["operation"], j["details"]["address"]) for j in plugin_ops][:2] == [
+        ("recorder", "recorder-pre-bind", "0000:0a:00.0"), ("recorder", "recorder-pre-bind", "0000:0a:00.1")]
+    assert all(j["stage"] == "bind" for j in plugin_ops)

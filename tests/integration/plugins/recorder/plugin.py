@@ -62,6 +62,7 @@ class Recorder(api.VfioPlugin):
 
     def on_pre_vfio_bind(self, ctx, device):
         self._record(ctx, "on_pre_vfio_bind", device.bdf())
+        ctx.state_tracker().record("recorder-pre-bind", address=device.bdf(), driver=device.driver)
 
     def on_post_vfio_bind(self, ctx, device):
         self._record(ctx, "on_post_vfio_bind", device.bdf())
