@@ -181,12 +181,11 @@ def storage_layout(p: dict) -> dict:
         raise ProfileError(f"{pid}: swaps must be a list")
     for s in swaps:
         need(s, "swaps")
-    for name, v in virtual.items():
-        for slave in v["slaves"]:
-            if VIRTUAL_BLOCK_RE.match(slave) and slave not in virtual:
-                raise ProfileError(f"{pid}: {name}: slave {slave} is not defined (give it slaves where it is named)")
     used = [s for v in virtual.values() for s in v["slaves"]]
     named = [m["block"] for m in mounts] + [s["block"] if isinstance(s, dict) else s for s in swaps]
+    for name in used + named:
+        if VIRTUAL_BLOCK_RE.match(name) and name not in virtual:
+            raise ProfileError(f"{pid}: {name} is not defined (give it slaves where it is named)")
     for name in virtual:
         if name not in used and name not in named:
             raise ProfileError(f"{pid}: {name} is defined but neither mounted, swap nor a slave")
@@ -720,6 +719,7 @@ class SysrootBuilder:
                 _w(mdir / "kernel" / (rel + ext), b"\x7fELF")
                 deps.append(f"kernel/{rel}{ext}:")
             _w(mdir / "modules.dep", "\n".join(deps) + "\n")
+            _w(mdir / "modules.alias", self._aliases())
             _w(mdir / "modules.builtin", "\n".join(bi) + ("\n" if bi else ""))
             config = {"CONFIG_VFIO": "m", "CONFIG_VFIO_PCI": "m", "CONFIG_IOMMU_SUPPORT": "y",
                       "CONFIG_INTEL_IOMMU": "y", "CONFIG_AMD_IOMMU": "y", "CONFIG_IRQ_REMAP": "y"}
@@ -727,6 +727,19 @@ class SysrootBuilder:
             lines = [f"{key}={val}" if val != "n" else f"# {key} is not set" for key, val in config.items()]
             _w(self.out / "boot" / f"config-{k}", "\n".join(lines) + "\n")
             _w(self.out / "boot" / f"vmlinuz-{k}", b"MZ")
+
+    def _aliases(self) -> str:
+        """modules.alias as depmod writes it: the modules that claim each device (the profile's
+        `modules`, as `lspci -k` shows them, else its driver), by exact vendor:device id."""
+        lines = ["# Aliases extracted from modules themselves.", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci"]
+        for d in self.devs.values():
+            mods = d.get("modules") or ([d["driver"]] if d.get("driver") and d["driver"] != "vfio-pci" else [])
+            vendor, device = d["id"].split(":")
+            for mod in mods:
+                line = f"alias pci:v0000{vendor.upper()}d0000{device.upper()}sv*sd*bc*sc*i* {str(mod).replace('-', '_')}"
+                if line not in lines:
+                    lines.append(line)
+        return "\n".join(lines) + "\n"
 
     def _boot(self) -> None:
         from _layouts import bootloader_files, initramfs_files  # noqa: PLC0415  (lab-only helper)

@@ -11,6 +11,7 @@ from ansible_collections.exliar.vfio.plugins.module_utils import _sysfs_bind as 
 from ansible_collections.exliar.vfio.plugins.module_utils._bindplan import make_plan
 from ansible_collections.exliar.vfio.plugins.module_utils._selection import normalize_address
 from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
+from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import effective_connection_address
 from ansible_collections.exliar.vfio.plugins.module_utils._journal import Journal
 
 STAGE = "bind"
@@ -75,7 +76,7 @@ def _file_results(journal: Journal, files: dict, check_mode: bool) -> list:
 
 def apply(root: str, devices, options: dict, runtime: str, check_mode: bool, run_command,
           connection_address=None, expect=None, plugin_records=()) -> dict:
-    facts = gather_facts(root, connection_address=connection_address)
+    facts = gather_facts(root, connection_address=effective_connection_address(root, connection_address, os.environ))
     plan = make_plan(facts, devices, options, recorded=(facts.get("managed") or {}).get("bind"))
     result = {"changed": False, "plan": plan, "files": [], "devices": [], "runtime": None, "warnings": plan["warnings"]}
     if plan["status"] == "refused":

@@ -10,6 +10,7 @@ running system, or the SSH session that does the binding is cut. Everything is r
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import sys
 
@@ -154,17 +155,16 @@ def mounted_pci_devices(fs) -> dict:
     if text is not None:
         mounts = parse_mountinfo(text)
     else:
-        text = fs.read_text("proc/mounts", expected=True)
-        mounts = parse_mounts(text or "")
-        if text is not None:
-            fs.warn("proc/self/mountinfo: missing; mounts read from proc/mounts by device name")
+        if not fs.exists("proc/self/mountinfo"):
+            fs.warn("proc/self/mountinfo: missing; mounts are read from proc/mounts, by device name")
+        mounts = parse_mounts(fs.read_text("proc/mounts", expected=True) or "")
     zfs_pools: set = set()
     for m in mounts:
         what = f"{m['mountpoint']} ({m['fstype']})"
         major, minor = m["devnum"] or (None, None)
         if major:  # a real block device: its number is authoritative
-            name = _block_of_devnum(fs, major, minor)
-            if name is None:
+            names = [_block_of_devnum(fs, major, minor)]
+            if names[0] is None:
                 fs.warn(f"mount {m['mountpoint']}: block device {major}:{minor} is not in sys/dev/block; "
                         f"the PCI device holding it is unknown")
                 continue
@@ -176,13 +176,19 @@ def mounted_pci_devices(fs) -> dict:
                     fs.warn(f"zfs pool {pool} is mounted; its disks are not visible in sysfs, "
                             f"so the PCI devices holding it are unknown")
                 continue
-            name = _block_of_source(fs, m["source"])
-            if name is None:
-                if (m["devnum"] is None or m["fstype"] == "btrfs") and m["source"].startswith("/dev/"):
+            names = [_block_of_source(fs, src) for src in m["source"].split(":")]  # bcachefs: /dev/sda:/dev/sdb
+            if None in names:
+                if (m["devnum"] is None or m["fstype"] in ("btrfs", "bcachefs")) and m["source"].startswith("/dev/"):
                     fs.warn(f"mount {m['mountpoint']}: {m['source']} is not in sys/class/block; "
                             f"the PCI device holding it is unknown")
-                continue
-        tops = _btrfs_members(fs, name) if m["fstype"] == "btrfs" else [name]
+                names = [n for n in names if n]
+                if not names:
+                    continue
+        tops: list = []
+        for name in names:
+            for top in _btrfs_members(fs, name) if m["fstype"] == "btrfs" else [name]:
+                if top not in tops:
+                    tops.append(top)
         for top in tops:
             for leaf, addr in physical_devices(fs, top):
                 _add(out, addr, {"kind": "mount", "block": leaf, "detail": _detail(what, top, leaf)})
@@ -198,6 +204,14 @@ def mounted_pci_devices(fs) -> dict:
             via = name not in (leaf, s["filename"].rsplit("/", 1)[-1])  # the kernel names dm swap /dev/dm-N already
             _add(out, addr, {"kind": "swap", "block": leaf, "detail": f"swap {s['filename']}" + (f" via {name}" if via else "")})
     return out
+
+
+def effective_connection_address(root: str, given, environ) -> str | None:
+    """``given``, else the SSH connection's server address when ``root`` is this machine's ``/``
+    (for a sysroot or chroot the environment describes another machine)."""
+    if given:
+        return given
+    return connection_address(environ) if os.path.abspath(root or "/") == "/" else None
 
 
 def connection_address(environ) -> str | None:

@@ -195,6 +195,15 @@ ansible_facts:
               type: str
               returned: always
               sample: "nvidia"
+            kernel_modules:
+              description:
+                - Like C(lspci -k)'s "Kernel modules", the modules of the running kernel whose C(modules.alias) patterns
+                  match the device's C(modalias), and built-in drivers that match; whatever driver is bound now.
+                - Empty when unknown, for example without C(modules.alias) (which gives a warning).
+              type: list
+              returned: always
+              elements: str
+              sample: [nouveau, nvidia]
             iommu_group:
               description: IOMMU group number or null
               type: int
@@ -286,7 +295,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
-from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import connection_address
+from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import effective_connection_address
 
 
 def main() -> None:
@@ -296,9 +305,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     root = module.params["root"]
-    address = module.params["connection_address"]
-    if address is None and os.path.abspath(root or "/") == "/":
-        address = connection_address(os.environ)
+    address = effective_connection_address(root, module.params["connection_address"], os.environ)
     facts = gather_facts(root, with_names=module.params["names"], connection_address=address)
     for warning in facts["warnings"]:
         module.warn(warning)

@@ -65,6 +65,27 @@ def test_names_can_be_skipped(desktop_root):
     assert all(g["device_name"] is None for g in f["gpus"])
 
 
+def test_host_usage_in_the_facts(desktop_facts, make_sysroot):
+    assert desktop_facts["host_usage"] == {"connection": {"address": None, "interfaces": [], "pci_addresses": []},
+                                           "in_use": {}}
+    root = make_sysroot(mounts=[{"block": "nvme0n1p2", "mountpoint": "/", "fstype": "ext4"}],
+                        network={"eno1": ["192.168.1.20/24"]})
+    f = gather_facts(str(root), connection_address="192.168.1.20")
+    assert f["host_usage"] == {
+        "connection": {"address": "192.168.1.20", "interfaces": ["eno1"], "pci_addresses": ["0000:00:1f.6"]},
+        "in_use": {
+            "0000:00:1f.6": [{"kind": "connection", "interface": "eno1",
+                              "detail": "carries the Ansible connection to 192.168.1.20"}],
+            "0000:02:00.0": [{"kind": "mount", "block": "nvme0n1p2", "detail": "/ (ext4)"}],
+        },
+    }
+    assert not [w for w in f["warnings"] if w.startswith(("proc/", "sys/dev/", "mount ", "swap ", "connection "))]
+    assert json.loads(json.dumps(f["host_usage"])) == f["host_usage"]
+    f = gather_facts(str(root), connection_address="10.9.9.9")
+    assert f["host_usage"]["connection"]["interfaces"] == []
+    assert any("10.9.9.9" in w for w in f["warnings"])
+
+
 def test_running_kernel_without_modules_is_still_checked(make_sysroot):
     root = make_sysroot(pci=[], os={"kernel": "6.1.0-18-amd64", "kernels": ["6.1.0-21-amd64"]})
     f = gather_facts(str(root))
