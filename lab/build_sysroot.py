@@ -719,7 +719,7 @@ class SysrootBuilder:
                 _w(mdir / "kernel" / (rel + ext), b"\x7fELF")
                 deps.append(f"kernel/{rel}{ext}:")
             _w(mdir / "modules.dep", "\n".join(deps) + "\n")
-            _w(mdir / "modules.alias", self._aliases())
+            _w(mdir / "modules.alias", self._aliases(builtin))
             _w(mdir / "modules.builtin", "\n".join(bi) + ("\n" if bi else ""))
             config = {"CONFIG_VFIO": "m", "CONFIG_VFIO_PCI": "m", "CONFIG_IOMMU_SUPPORT": "y",
                       "CONFIG_INTEL_IOMMU": "y", "CONFIG_AMD_IOMMU": "y", "CONFIG_IRQ_REMAP": "y"}
@@ -728,14 +728,17 @@ class SysrootBuilder:
             _w(self.out / "boot" / f"config-{k}", "\n".join(lines) + "\n")
             _w(self.out / "boot" / f"vmlinuz-{k}", b"MZ")
 
-    def _aliases(self) -> str:
+    def _aliases(self, builtin: set) -> str:
         """modules.alias as depmod writes it: the modules that claim each device (the profile's
-        `modules`, as `lspci -k` shows them, else its driver), by exact vendor:device id."""
+        `modules`, as `lspci -k` shows them, else its driver), by exact vendor:device id. Built-in
+        drivers are not in it (depmod lists only loadable modules there)."""
         lines = ["# Aliases extracted from modules themselves.", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci"]
         for d in self.devs.values():
             mods = d.get("modules") or ([d["driver"]] if d.get("driver") and d["driver"] != "vfio-pci" else [])
             vendor, device = d["id"].split(":")
             for mod in mods:
+                if str(mod).replace("-", "_") in builtin or mod in builtin:
+                    continue
                 line = f"alias pci:v0000{vendor.upper()}d0000{device.upper()}sv*sd*bc*sc*i* {str(mod).replace('-', '_')}"
                 if line not in lines:
                     lines.append(line)

@@ -120,8 +120,8 @@ class _Plan:
                             f"({conn.get('address')} on {', '.join(conn.get('interfaces') or [])}): binding it cuts this host off")
             for use in (usage.get("in_use") or {}).get(addr, []):
                 if use.get("kind") in ("mount", "swap"):
-                    self.refuse("mounted_disk", f"{self.describe(addr)} holds {use.get('block')}, in use as "
-                                f"{use.get('kind')} {use.get('detail') or ''}".rstrip() + ": binding it takes the disk from the running host")
+                    self.refuse("mounted_disk", f"{self.describe(addr)} holds {use.get('block')}, in use: "
+                                f"{use.get('detail') or use.get('kind')}; binding it takes the disk from the running host")
         for addr, rec in self.recorded.items():
             dev = self.devices.get(addr)
             if dev is None:

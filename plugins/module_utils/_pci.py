@@ -136,7 +136,7 @@ def scan_pci(fs, with_names: bool = True) -> list:
         modaliases[addr] = fs.read_line(f"{base}/modalias")
     if any(modaliases.values()):
         # like lspci -k's "Kernel modules": every driver of the running kernel that could claim the device
-        matcher = pci_alias_matcher(fs, _system.kernel(fs)["running"])
+        matcher = pci_alias_matcher(fs, _system.kernel(fs)["running"], modaliases.values())
         for d in devices:
             d.kernel_modules = matcher(modaliases[d.address])
     if with_names:
