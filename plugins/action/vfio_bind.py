@@ -59,7 +59,7 @@ class ActionModule(ActionBase):
                           msg="refused, nothing changed: " + " | ".join(plan["errors"] + [r["message"] for r in plan["refusals"]]))
             return result
         if plan["status"] == "empty":
-            result.update(changed=False, msg="nothing selected on this host (allowed by vfio_allow_empty_selection)")
+            result.update(changed=False, msg="nothing to bind on this host: the selection matches no device here")
             return result
         live = _root(args) == "/" and args.get("runtime", "auto") != "never"
         try:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _sysfs_bind as sysfs
-from ansible_collections.exliar.vfio.plugins.module_utils._bindplan import make_plan
+from ansible_collections.exliar.vfio.plugins.module_utils._bindplan import MODPROBE_CONF, OVERRIDE_SCRIPT, PLAN_RECORD, make_plan
 from ansible_collections.exliar.vfio.plugins.module_utils._selection import normalize_address
 from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
 from ansible_collections.exliar.vfio.plugins.module_utils._hostuse import effective_connection_address
-from ansible_collections.exliar.vfio.plugins.module_utils._journal import Journal
+from ansible_collections.exliar.vfio.plugins.module_utils._journal import Journal, JournalError
 
 STAGE = "bind"
 
@@ -64,13 +64,46 @@ def runtime_applies(root: str, runtime: str) -> tuple:
     return False, f"{root} is not the running system: only the persistent configuration is written"
 
 
-def _file_results(journal: Journal, files: dict, check_mode: bool) -> list:
-    out = []
-    for path, spec in files.items():
-        if spec is None:
-            out.append(journal.remove_file(STAGE, path, check_mode=check_mode))
-        else:
-            out.append(journal.write_file(STAGE, path, spec["content"].encode(), mode=spec["mode"], check_mode=check_mode))
+# The script first, the modprobe file that names it next, the record of the plan last.
+WRITE_ORDER = (OVERRIDE_SCRIPT, MODPROBE_CONF, PLAN_RECORD)
+
+
+def _current_bytes(root: str, path: str):
+    try:
+        with open(os.path.join(root, path.lstrip("/")), "rb") as f:
+            return f.read(), os.stat(f.fileno()).st_mode & 0o7777
+    except OSError:
+        return None, None
+
+
+def _file_results(journal: Journal, root: str, files: dict, check_mode: bool) -> list:
+    """Write every file of the plan, or none: a failure puts back the ones written before it."""
+    ordered = sorted(files.items(), key=lambda kv: WRITE_ORDER.index(kv[0]) if kv[0] in WRITE_ORDER else len(WRITE_ORDER))
+    if not check_mode:
+        journal.preflight([path for path, spec in ordered if spec is not None])
+    out, done = [], []
+    try:
+        for path, spec in ordered:
+            before, mode = _current_bytes(root, path) if not check_mode else (None, None)
+            if spec is None:
+                res = journal.remove_file(STAGE, path, check_mode=check_mode)
+            else:
+                res = journal.write_file(STAGE, path, spec["content"].encode(), mode=spec["mode"], check_mode=check_mode)
+            out.append(res)
+            if res["changed"] and not check_mode:
+                done.append((path, before, mode))
+    except JournalError as exc:
+        if not done:
+            raise
+        for path, before, mode in reversed(done):
+            try:
+                if before is None:
+                    journal.remove_file(STAGE, path)
+                else:
+                    journal.write_file(STAGE, path, before, mode=mode)
+            except JournalError:
+                pass
+        raise JournalError(f"{exc} (the files written before it were put back: {', '.join(p for p, _b, _m in done)})") from exc
     return out
 
 
@@ -89,7 +122,10 @@ def apply(root: str, devices, options: dict, runtime: str, check_mode: bool, run
     live, why_not = runtime_applies(root, runtime)
     result["runtime"] = "applied" if live else why_not
     journal = Journal(root)
-    result["files"] = _file_results(journal, plan["files"], check_mode)
+    try:
+        result["files"] = _file_results(journal, root, plan["files"], check_mode)
+    except JournalError as exc:
+        raise StageError(str(exc), result) from exc
     for dev in plan["devices"]:
         now = sysfs.current_driver(root, dev["address"]) if live else dev["driver"]
         entry = {"address": dev["address"], "driver_before": now, "changed": False}

@@ -28,7 +28,9 @@ OVERRIDES = {
     "unknown_address": "vfio_allow_missing_devices",
     "empty_selection": "vfio_allow_empty_selection",
     "hardware_changed": "vfio_accept_hardware_change",
+    "foreign_vfio_config": "vfio_take_over_vfio_config",
 }
+DISABLED_MARK = "# disabled by exliar.vfio (playbooks/restore.yml brings it back): "
 OPTION_NAMES = tuple(v[len("vfio_"):] for v in OVERRIDES.values())
 HEADER = ("# Managed by exliar.vfio (binding stage): changes made here are overwritten on the next run.\n"
           "# Undo: ansible-playbook playbooks/restore.yml\n")
@@ -54,6 +56,8 @@ class _Plan:
         self.errors: list = []
         self.warnings: list = []
         self.reasons: dict = {}
+        self.takeover: list = []
+        self.kept: list = []
 
     def refuse(self, code: str, message: str) -> None:
         var = OVERRIDES[code]
@@ -122,6 +126,7 @@ class _Plan:
                 if use.get("kind") in ("mount", "swap"):
                     self.refuse("mounted_disk", f"{self.describe(addr)} holds {use.get('block')}, in use: "
                                 f"{use.get('detail') or use.get('kind')}; binding it takes the disk from the running host")
+        self.check_foreign()
         for addr, rec in self.recorded.items():
             dev = self.devices.get(addr)
             if dev is None:
@@ -131,6 +136,71 @@ class _Plan:
                 self.refuse("hardware_changed", f"{addr} was {rec.get('vendor_id')}:{rec.get('device_id')} (class {rec.get('class')}) "
                             f"when an earlier run bound it, and is now {_ids(dev)} {_label(dev)}: the hardware changed. "
                             f"Check the selection, or run playbooks/restore.yml first")
+
+    def check_foreign(self) -> None:
+        """Other modprobe.d files that configure vfio-pci: refused, or taken over on request
+        (their lines disabled, their ``ids`` and other options carried into ours)."""
+        foreign = ((self.facts.get("managed") or {}).get("foreign_vfio_config")) or {}
+        entries = foreign.get("entries") or []
+        for e in entries:
+            if e["state"] == "active" and e["directive"] == "blacklist":
+                self.warnings.append(f"{e['path']}:{e['line_no']} `{e['line']}`: vfio-pci is not loaded by alias, "
+                                     f"only through the softdep lines of {MODPROBE_CONF}")
+        active = [e for e in entries if e["state"] == "active" and e["directive"] != "blacklist"]
+        planned = {_ids(self.devices[a]) for a in self.reasons if a in self.devices}
+        for e in [e for e in active if _only_ids_within(e, planned)]:
+            active.remove(e)  # the same ids as ours: harmless; left alone
+            self.warnings.append(f"{e['path']}:{e['line_no']} `{e['line']}` also binds these ids; it stays when "
+                                 f"playbooks/restore.yml undoes this stage")
+        if not active:
+            self.kept = [e for e in entries if e["state"] == "disabled" and e["directive"] == "options"]
+            return
+        where = "; ".join(f"{e['path']}:{e['line_no']} `{e['line']}`" for e in active)
+        outside = [e for e in active if not e["path"].startswith("/etc/modprobe.d/")]
+        if outside and self.options["take_over_vfio_config"]:
+            self.errors.append(f"{where} configure vfio-pci outside /etc/modprobe.d, where exliar.vfio does not edit: mask "
+                               f"the file with an /etc/modprobe.d file of the same name, then run again")
+            return
+        self.refuse("foreign_vfio_config", f"{where} already configure vfio-pci: vfio-pci takes one `ids=` (the last one read "
+                    f"wins) and one install command, so the plan would not hold at boot. Remove those lines, or let "
+                    f"exliar.vfio disable them and carry their ids into {MODPROBE_CONF}")
+        if self.options["take_over_vfio_config"]:
+            self.takeover = active
+            self.kept = [e for e in entries if e["directive"] == "options"]
+            for e in active:
+                if e["directive"] == "install":
+                    self.warnings.append(f"{e['path']}:{e['line_no']} `{e['line']}` is disabled: devices its command claimed "
+                                         f"are bound only if vfio_devices selects them")
+
+    def foreign_edits(self) -> dict:
+        """New content of each taken-over file: its vfio-pci lines commented out."""
+        contents = (((self.facts.get("managed") or {}).get("foreign_vfio_config")) or {}).get("contents") or {}
+        out = {}
+        for path in sorted({e["path"] for e in self.takeover}):
+            numbers = {e["line_no"] for e in self.takeover if e["path"] == path}
+            lines = contents.get(path, "").splitlines(keepends=True)
+            new = [DISABLED_MARK + line.strip() + "\n" if n in numbers else line for n, line in enumerate(lines, 1)]
+            out[path] = {"content": "".join(new), "mode": None}
+        return out
+
+    def kept_options(self, by_address: list) -> tuple:
+        """(ids, other parameters) of the taken-over ``options vfio-pci`` lines; an id shared with a
+        device bound by address is dropped (it would take the identical device the host keeps)."""
+        shared = {self.devices[a]["vendor_id"] + ":" + self.devices[a]["device_id"] for a in by_address if a in self.devices}
+        ids, params = [], []
+        for e in self.kept:
+            for arg in e["args"]:
+                key, _eq, value = arg.partition("=")
+                if key == "ids":
+                    for ident in value.split(","):
+                        ident = ident.strip().lower()
+                        if ident[:9] in shared:
+                            self.warnings.append(f"{e['path']}: the id {ident} it bound is dropped: devices with it are bound by address")
+                        elif ident and ident not in ids:
+                            ids.append(ident)
+                elif arg not in params:
+                    params.append(arg)
+        return ids, params
 
     def check_display(self, members: list) -> None:
         gpus_taken = [a for a in members if a in self.gpus]
@@ -165,6 +235,13 @@ class _Plan:
                 "modules": sorted(modules - {"vfio_pci"}), "reason": self.reasons.get(addr, "selected")}
 
 
+def _only_ids_within(entry: dict, planned: set) -> bool:
+    if entry["directive"] != "options" or len(entry["args"]) != 1 or not entry["args"][0].startswith("ids="):
+        return False
+    ids = {i.strip().lower()[:9] for i in entry["args"][0][4:].split(",") if i.strip()}
+    return bool(ids) and ids <= planned
+
+
 def _binding_modes(entries: list, devices: dict) -> tuple:
     """(ids, addresses): an id goes to ``options vfio-pci ids=`` only when every device on the host
     with that id is selected; the others are claimed by address at early boot."""
@@ -179,14 +256,19 @@ def _binding_modes(entries: list, devices: dict) -> tuple:
     return ids, by_address
 
 
-def render_modprobe(entries: list, ids: list, by_address: list) -> str:
+def render_modprobe(entries: list, ids: list, by_address: list, kept=((), ())) -> str:
     lines = [HEADER, "#"]
     for e in entries:
         how = "by address" if e["address"] in by_address else "by id"
         was = e.get("driver_before") or "no driver"
         lines.append(f"# {e['address']}  {e['ids']}  {e['name']}  (was: {was}; {how})")
-    if ids:
-        lines.append(f"options vfio-pci ids={','.join(ids)}")
+    kept_ids, kept_params = kept
+    if kept_ids or kept_params:
+        carried = ([f"ids={','.join(kept_ids)}"] if kept_ids else []) + list(kept_params)
+        lines.append(f"# carried over from the vfio-pci lines taken over from other files: {' '.join(carried)}")
+    all_ids = list(ids) + [i for i in kept_ids if i not in ids]
+    if all_ids or kept_params:
+        lines.append("options vfio-pci " + " ".join(([f"ids={','.join(all_ids)}"] if all_ids else []) + list(kept_params)))
     if by_address:
         lines.append(f"install vfio-pci {OVERRIDE_SCRIPT} $CMDLINE_OPTS")
     for module in sorted({m for e in entries for m in e.get("modules") or []}):
@@ -295,12 +377,15 @@ def _result(plan: _Plan, entries: list, ids: list, by_address: list, errors=()) 
     if not entries:
         out["status"] = "empty"
         return out
-    initramfs, params, warnings = _kernel_handoff(plan.facts, ids, by_address)
-    out["warnings"].extend(warnings)
+    kept = plan.kept_options(by_address)
+    out["kept_options"] = {"ids": kept[0], "params": kept[1]}
+    initramfs, params, warnings = _kernel_handoff(plan.facts, ids + [i for i in kept[0] if i not in ids], by_address)
+    out["warnings"] = list(plan.warnings) + warnings
     out["initramfs"], out["kernel_params"] = initramfs, params
     out["files"] = {
-        MODPROBE_CONF: {"content": render_modprobe(entries, ids, by_address), "mode": 0o644},
+        MODPROBE_CONF: {"content": render_modprobe(entries, ids, by_address, kept), "mode": 0o644},
         OVERRIDE_SCRIPT: {"content": render_override_script(by_address), "mode": 0o755} if by_address else None,
+        **plan.foreign_edits(),
         PLAN_RECORD: {"content": render_record(entries), "mode": 0o644},
     }
     out["status"] = "ok"

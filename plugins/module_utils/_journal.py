@@ -542,6 +542,25 @@ class Journal:
             if backup:
                 os.unlink(os.path.join(self.backup_dir, backup))
 
+    def preflight(self, paths) -> None:
+        """Raise JournalError, before anything is written, when one of ``paths`` (or the journal
+        itself) could not be written: a parent that is a file, or a read-only file system."""
+        for path in list(paths) + [STATE_DIR + "/journal.jsonl"]:
+            requested = _host_path(path)
+            host = self._resolve(requested)
+            real = os.path.join(self.root, host.lstrip("/"))
+            if os.path.lexists(real) and not os.path.isfile(real):
+                raise JournalError(f"{requested}: exists and is not a regular file; move it away first. Nothing was changed")
+            parent = os.path.dirname(real)
+            while not os.path.lexists(parent):
+                parent = os.path.dirname(parent)
+            shown = "/" + os.path.relpath(parent, self.root).lstrip("./")
+            if not os.path.isdir(parent):
+                raise JournalError(f"cannot write {requested}: {shown} is not a directory. Nothing was changed")
+            if not os.access(parent, os.W_OK):
+                raise JournalError(f"cannot write {requested}: {shown} is not writable (a read-only file system?). "
+                                   f"Nothing was changed")
+
     def record(self, stage: str, kind: str, **data) -> dict:
         """Append a generic record (``device``, ``plugin``, ``plan``, ...); returns it with ``seq`` and ``time``."""
         self._check_stage(stage)

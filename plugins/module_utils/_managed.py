@@ -39,10 +39,44 @@ def _record(fs, path: str):
     return value if isinstance(value, dict) else None
 
 
+# modprobe.d(5): a file name seen in an earlier directory masks the same name in later ones.
+MODPROBE_DIRS = ("etc/modprobe.d", "run/modprobe.d", "usr/local/lib/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d")
+VFIO_DIRECTIVES = ("options", "install", "remove", "blacklist")
+
+
+def foreign_vfio_config(fs) -> dict:
+    """Lines of other modprobe.d files that configure vfio-pci (they would fight ours: vfio-pci's
+    ``ids`` is one string, the last ``options`` wins), and the ones this collection disabled."""
+    seen, entries, contents = set(), [], {}
+    for directory in MODPROBE_DIRS:
+        for name in fs.listdir(directory):
+            if not name.endswith(".conf") or name in seen:
+                continue
+            seen.add(name)
+            path = f"/{directory}/{name}"
+            text = fs.read_text(path) if path != _bindplan.MODPROBE_CONF else None
+            found = False
+            for number, raw in enumerate((text or "").splitlines(), 1):
+                line, state = raw.strip(), "active"
+                if line.startswith(_bindplan.DISABLED_MARK):
+                    line, state = line[len(_bindplan.DISABLED_MARK):].strip(), "disabled"
+                elif line.startswith("#"):
+                    continue
+                tokens = line.split()
+                if len(tokens) >= 2 and tokens[0] in VFIO_DIRECTIVES and tokens[1].replace("-", "_") == "vfio_pci":
+                    entries.append({"path": path, "line_no": number, "line": line, "directive": tokens[0],
+                                    "state": state, "args": tokens[2:]})
+                    found = True
+            if found and path.startswith("/etc/modprobe.d/"):
+                contents[path] = text
+    return {"entries": entries, "contents": contents}
+
+
 def managed_state(fs) -> dict:
     return {
         "files": {path: file_state(fs, path) for path in _bindplan.OWNED_FILES},
         "bind": _record(fs, _bindplan.PLAN_RECORD),
+        "foreign_vfio_config": foreign_vfio_config(fs),
     }
 
 

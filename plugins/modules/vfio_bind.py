@@ -15,7 +15,8 @@ description:
     covered (bridges excepted).
   - Refuses, changing nothing, when the IOMMU is off, when a device drives the only display, carries the Ansible
     connection, or holds a mounted filesystem or swap, when an address does not exist, when the selection is empty,
-    or when the hardware at an address bound by an earlier run changed. Each refusal has its own override option.
+    when the hardware at an address bound by an earlier run changed, or when another modprobe.d file already configures
+    vfio-pci. Each refusal has its own override option.
   - Binds each device in the running kernel (C(driver_override), unbind, probe) and verifies the C(driver) link and
     C(/dev/vfio/<group>). Writes one file under C(/etc/modprobe.d/) with C(options vfio-pci ids=) for ids that
     no remaining host device shares, C(softdep) lines for every displaced driver, and, when only some devices of
@@ -89,6 +90,14 @@ options:
     default: false
   accept_hardware_change:
     description: Plan anew although a device bound by an earlier run was replaced by different hardware.
+    type: bool
+    default: false
+  take_over_vfio_config:
+    description:
+      - Other files in C(/etc/modprobe.d) that configure vfio-pci (C(options vfio-pci), C(install vfio-pci)) make the host
+        refused, since vfio-pci reads one C(ids=) and one install command. With V(true), their lines are commented out
+        (journaled; M(exliar.vfio.vfio_restore) brings them back) and their C(ids) and other options are carried into
+        the collection's file.
     type: bool
     default: false
   expect:

@@ -39,6 +39,7 @@ REFUSED = {
     "iommu-off-firmware": "the IOMMU is off",
     "laptop-3d-controller": "the IOMMU is off",
     "single-gpu-desktop": "drives the boot display and no other GPU stays with the host",
+    "dual-identical-gt710-fedora": "/etc/modprobe.d/vfio.conf:1 `install vfio-pci /sbin/vfio-pci-override.sh` already configure",
 }
 NOTHING_SELECTED = {"server-bmc-only"}
 

@@ -95,6 +95,10 @@ def label(facts: dict, addr: str) -> str:
     return " ".join(x for x in (d["vendor_name"], d["device_name"]) if x)
 
 
+# Lab machines that came with a hand-made vfio-pci configuration: the tests let the plan take it over.
+TAKE_OVER = {"take_over_vfio_config": True}
+
+
 def addresses(plan: dict) -> list:
     return [d["address"] for d in plan["devices"]]
 
@@ -183,9 +187,9 @@ def test_an_unselected_group_member_blocks_and_is_named(lab_facts):
 def test_group_covered_by_the_selection_is_fine(lab_facts):
     facts = lab_facts("single-gpu-desktop")
     group11 = ["0000:00:1f.0", "0000:00:1f.3", "0000:00:1f.4", "0000:00:1f.5"]
-    plan = make_plan(facts, group11)
+    plan = make_plan(facts, group11, TAKE_OVER)
     assert_errors(plan, "shares IOMMU group 11 with 0000:00:1f.6")
-    assert_ok(make_plan(facts, group11 + ["0000:00:1f.6"]))
+    assert_ok(make_plan(facts, group11 + ["0000:00:1f.6"], TAKE_OVER))
 
 
 # ---- refusals, each with its own override ----------------------------------------------------
@@ -228,7 +232,7 @@ def test_the_connection_nic_in_a_lab_machine(sysroot_base):
         pytest.skip("single-gpu-desktop has no network section")
     facts = gather_facts(str(root), connection_address="192.168.1.50")
     group11 = ["0000:00:1f.0", "0000:00:1f.3", "0000:00:1f.4", "0000:00:1f.5", "0000:00:1f.6"]
-    r = assert_refused_only_by(make_plan(facts, group11), "connection_nic")
+    r = assert_refused_only_by(make_plan(facts, group11, TAKE_OVER), "connection_nic")
     assert r["message"].startswith(f"0000:00:1f.6 {label(facts, '0000:00:1f.6')} (eno2) carries the Ansible connection")
 
 
@@ -326,7 +330,7 @@ def test_bad_input_is_an_error_no_option_overrides(desktop_facts, entries, needl
 
 def test_identical_gpus_the_second_by_address(lab_facts):
     facts = lab_facts("dual-identical-gtx480-debian")
-    plan = make_plan(facts, ["0000:02:00.0"])
+    plan = make_plan(facts, ["0000:02:00.0"], TAKE_OVER)
     assert_ok(plan)
     assert addresses(plan) == ["0000:02:00.0", "0000:02:00.1"]
     assert plan["ids"] == [] and sorted(plan["by_address"]) == ["0000:02:00.0", "0000:02:00.1"]
@@ -344,7 +348,7 @@ def test_identical_gpus_the_second_by_address(lab_facts):
 
 def test_identical_gpus_shared_ids_by_address_the_rest_by_id(lab_facts):
     facts = lab_facts("dual-identical-gtx480-debian")
-    plan = make_plan(facts, ["0000:02:00.0", "0000:03:00.0"])  # + the ASMedia USB card, alone in its group
+    plan = make_plan(facts, ["0000:02:00.0", "0000:03:00.0"], TAKE_OVER)  # + the ASMedia USB card, alone in its group
     assert_ok(plan)
     assert plan["ids"] == ["1b21:1242"] and sorted(plan["by_address"]) == ["0000:02:00.0", "0000:02:00.1"]
     assert directives(plan)[:2] == ["options vfio-pci ids=1b21:1242", f"install vfio-pci {OVERRIDE_SCRIPT} $CMDLINE_OPTS"]
@@ -353,7 +357,7 @@ def test_identical_gpus_shared_ids_by_address_the_rest_by_id(lab_facts):
 
 def test_both_identical_gpus_go_by_id(lab_facts):
     facts = lab_facts("dual-identical-gtx480-debian")
-    plan = make_plan(facts, [{"id": "10de:06c0"}], {"allow_boot_display": True})
+    plan = make_plan(facts, [{"id": "10de:06c0"}], {"allow_boot_display": True, **TAKE_OVER})
     assert_ok(plan)
     assert plan["ids"] == ["10de:06c0", "10de:0be5"] and plan["by_address"] == []
     assert plan["files"][OVERRIDE_SCRIPT] is None  # an earlier run's script is removed
@@ -362,14 +366,14 @@ def test_both_identical_gpus_go_by_id(lab_facts):
 
 
 def test_identical_gt710_in_uppercase(lab_facts):
-    plan = make_plan(lab_facts("dual-identical-gt710-fedora"), [{"address": "0000:0A:00.0"}])
+    plan = make_plan(lab_facts("dual-identical-gt710-fedora"), [{"address": "0000:0A:00.0"}], TAKE_OVER)
     assert_ok(plan)
     assert plan["ids"] == [] and sorted(plan["by_address"]) == ["0000:0a:00.0", "0000:0a:00.1"]
 
 
 def test_one_of_two_identical_nvme_drives_by_address(lab_facts):
     facts = lab_facts("single-gpu-desktop")
-    plan = make_plan(facts, ["0000:05:00.0"])
+    plan = make_plan(facts, ["0000:05:00.0"], TAKE_OVER)
     assert_ok(plan)
     assert plan["ids"] == [] and plan["by_address"] == ["0000:05:00.0"]
     assert "softdep nvme pre: vfio-pci" in directives(plan)
@@ -444,7 +448,7 @@ def test_the_override_script_passes_sh_n(tmp_path, by_addr):
 
 
 def test_the_rendered_plan_script_passes_sh_n(lab_facts, tmp_path):
-    plan = make_plan(lab_facts("dual-identical-gt710-fedora"), ["0000:0a:00.0"])
+    plan = make_plan(lab_facts("dual-identical-gt710-fedora"), ["0000:0a:00.0"], TAKE_OVER)
     path = tmp_path / "script"
     path.write_text(plan["files"][OVERRIDE_SCRIPT]["content"])
     proc = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True, check=False)
@@ -540,7 +544,7 @@ def test_builtin_vfio_pci_with_devices_by_address(sysroot_base):
     p = load_profile(PROFILE_DIR / "dual-identical-gtx480-debian.yml")
     p["os"]["builtin_modules"] = ["vfio", "vfio_iommu_type1", "vfio_pci"]
     root = build_profile(p, sysroot_base / "bindplan" / "gtx480-builtin-vfio-pci")
-    plan = make_plan(gather_facts(str(root)), ["0000:02:00.0", "0000:03:00.0"])
+    plan = make_plan(gather_facts(str(root)), ["0000:02:00.0", "0000:03:00.0"], TAKE_OVER)
     assert_ok(plan)
     assert plan["kernel_params"] == ["vfio-pci.ids=1b21:1242"]  # never the id the host's card shares
     assert any("vfio-pci is built into 4.9.0-3-amd64" in w and "0000:02:00.0" in w and "0000:02:00.1" in w
@@ -553,3 +557,46 @@ def test_a_kernel_without_vfio_pci_is_a_warning(facts_of):
     assert_ok(plan)
     assert any(w.startswith("kernel 6.1.0-18-amd64 lacks vfio_pci") for w in plan["warnings"])
     assert plan["initramfs"]["modules"] == {"6.1.0-18-amd64": ["vfio", "vfio_iommu_type1", "vfio_virqfd"]}
+
+
+# ---- another vfio-pci configuration on the host ------------------------------------------------------
+
+def test_a_foreign_install_line_is_refused_with_its_file_and_line(lab_facts):
+    plan = make_plan(lab_facts("dual-identical-gt710-fedora"), ["0000:0a:00.0"])
+    r = assert_refused_only_by(plan, "foreign_vfio_config")
+    assert "/etc/modprobe.d/vfio.conf:1 `install vfio-pci /sbin/vfio-pci-override.sh`" in r["message"]
+    assert r["message"].endswith("To do it anyway set vfio_take_over_vfio_config: true")
+
+
+def test_taking_over_disables_the_foreign_lines_and_keeps_the_rest_of_the_file(lab_facts):
+    facts = lab_facts("single-gpu-desktop")
+    plan = make_plan(facts, ["0000:02:00.0"], {"allow_boot_display": True, **TAKE_OVER})
+    assert_ok(plan)
+    before = facts["managed"]["foreign_vfio_config"]["contents"]["/etc/modprobe.d/vfio.conf"]
+    after = plan["files"]["/etc/modprobe.d/vfio.conf"]["content"]
+    assert after == before.replace("options vfio-pci ids=10ee:5000,10ee:5001",
+                                   "# disabled by exliar.vfio (playbooks/restore.yml brings it back): "
+                                   "options vfio-pci ids=10ee:5000,10ee:5001")
+    # the FPGA the user bound stays bound: its ids are carried into our options line
+    assert "options vfio-pci ids=10de:228b,10de:2489,10ee:5000,10ee:5001" in directives(plan)
+    assert plan["kept_options"] == {"ids": ["10ee:5000", "10ee:5001"], "params": []}
+
+
+def test_a_taken_over_configuration_is_still_carried_on_the_next_run(lab_facts):
+    """After the takeover the foreign line is a comment of ours: the ids stay in our file (idempotent)."""
+    facts = copy.deepcopy(lab_facts("single-gpu-desktop"))
+    first = make_plan(facts, ["0000:02:00.0"], {"allow_boot_display": True, **TAKE_OVER})
+    for e in facts["managed"]["foreign_vfio_config"]["entries"]:
+        e["state"] = "disabled"
+    second = make_plan(facts, ["0000:02:00.0"], {"allow_boot_display": True})
+    assert_ok(second)
+    assert "/etc/modprobe.d/vfio.conf" not in second["files"]
+    assert second["files"][MODPROBE_CONF] == first["files"][MODPROBE_CONF]
+
+
+def test_foreign_ids_that_are_already_ours_are_only_a_warning(lab_facts):
+    facts = lab_facts("apu-raven-rx580-debian")  # its vfio.conf binds the RX 580 alone; we add its audio
+    plan = make_plan(facts, [{"gpus": "discrete_except_boot"}])
+    assert_ok(plan)
+    assert any("`options vfio-pci ids=1002:67df` also binds these ids" in w for w in plan["warnings"])
+    assert not any(path.startswith("/etc/modprobe.d/vfio") for path in plan["files"])
