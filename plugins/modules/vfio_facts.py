@@ -282,6 +282,18 @@ ansible_facts:
                    "in_use": {"0000:01:00.0": [{"kind": "mount", "block": "nvme0n1p3", "detail": "/ (ext4)"}],
                               "0000:07:00.0": [{"kind": "connection", "interface": "enp7s0",
                                                 "detail": "carries the Ansible connection to 192.168.1.20"}]}}
+        managed:
+          description:
+            - What exliar.vfio itself left on the host, so that each stage can tell on the controller that nothing needs
+              to change. C(files) maps each file the collection owns to C({sha256, mode}) (null when absent); C(bind)
+              is the binding plan an earlier run applied (C(/var/lib/exliar-vfio/state/bind.json)); C(foreign_vfio_config)
+              lists other modprobe.d lines that configure vfio-pci (C(entries) with C(path), C(line_no), C(line),
+              C(directive), C(state) V(active) or V(disabled) by this collection, C(args)) and the C(contents) of those
+              files in C(/etc/modprobe.d).
+          type: dict
+          returned: always
+          sample: {"files": {"/etc/modprobe.d/exliar-vfio.conf": {"sha256": "9f2c...", "mode": 420}}, "bind": null,
+                   "foreign_vfio_config": {"entries": [], "contents": {}}}
         warnings:
           description: What could not be read or made sense of; detection went on without it.
           type: list
