@@ -356,7 +356,7 @@ def test_binding_hooks_run_per_device_and_plugin_records_reach_the_journal(sysro
     log = base / "recorder.jsonl"
     extra = {"vfio_plugin_dirs": [str(pdir)], "vfio_plugin_approvals_file": str(approvals), "vfio_plugin_default_dirs": False,
              "vfio_plugins": {"recorder": {"config": {"log": str(log)}}}, "vfio_root": str(root),
-             "vfio_devices": ["0000:0a:00.0"]}
+             "vfio_devices": ["0000:0a:00.0"], "vfio_take_over_vfio_config": True}
     first = run_lab(base, [host], extra)
     assert recap(first.stdout)[host]["changed"] == 1, first.stdout[-3000:]
     second = run_lab(base, [host], extra)

@@ -26,7 +26,8 @@ def fixture_env(sysroots, tmp_path):  # pylint: disable=unused-argument
         path.chmod(path.stat().st_mode & ~0o022)
     log = tmp_path / "recorder.jsonl"
     extra = {"vfio_plugin_dirs": [str(pdir)], "vfio_plugin_default_dirs": False,
-             "vfio_plugins": {"recorder": {"config": {"log": str(log)}}}}
+             "vfio_plugins": {"recorder": {"config": {"log": str(log)}}},
+             "vfio_devices": []}  # these tests are about plugin management: detection only
     return {"tmp": tmp_path, "pdir": pdir, "log": log, "extra": extra}
 
 

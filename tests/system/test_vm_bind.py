@@ -42,12 +42,16 @@ BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 STATE_SCRIPT = r"""
 import hashlib, json, os, subprocess
 base = "/sys/bus/pci/devices"
-out = {"drivers": {}, "overrides": {}, "groups": {}, "tree": {}, "files": {}}
+out = {"drivers": {}, "driver_modules": {}, "overrides": {}, "groups": {}, "tree": {}, "files": {}}
 for a in sorted(os.listdir(base)):
     try:
         out["drivers"][a] = os.path.basename(os.readlink(f"{base}/{a}/driver"))
     except OSError:
         out["drivers"][a] = None
+    try:
+        out["driver_modules"][a] = os.path.basename(os.readlink(f"{base}/{a}/driver/module"))
+    except OSError:
+        out["driver_modules"][a] = None
     try:
         with open(f"{base}/{a}/driver_override") as f:
             out["overrides"][a] = f.read().strip()
@@ -126,7 +130,9 @@ class Scenario:
 
     # -- reading the guest ------------------------------------------------------------------
     def state(self) -> dict:
+        t0 = time.monotonic()
         proc = self.vm.ssh(state_command(), timeout=180, check=True)
+        record_timing(f"{self.layout} bind: guest state reads (ssh)", time.monotonic() - t0)
         return json.loads(proc.stdout)
 
     def sh(self, name: str, command: str):
@@ -184,9 +190,9 @@ class Scenario:
 
     def keep(self, dest: Path) -> None:
         for i, (name, step) in enumerate(self.steps.items()):
-            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-            text = f"$ {shlex.join(step.command)}\n{step.output}" if step.proc is not None else ""
-            (dest / f"{i:02d}-{slug}.out").write_text(text)
+            if step.proc is not None:
+                slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                (dest / f"{i:02d}-{slug}.out").write_text(f"$ {shlex.join(step.command)}\n{step.output}")
         (dest / "states.json").write_text(json.dumps({n: s.state for n, s in self.steps.items()}, indent=1))
         (dest / "checks.txt").write_text("".join(f"### {n} (rc {p.returncode})\n{p.stdout}{p.stderr}\n"
                                                  for n, p in self.checks.items()))
@@ -372,14 +378,18 @@ class TestBindGpuWithAudio:
             assert line in after["modprobe_config"], (line, after["modprobe_config"])
 
     def test_softdeps_name_the_drivers_they_had(self, scenario):
-        """The softdep lines cover the modules of the drivers the two devices had before the run."""
+        """The softdep lines cover the modules of the drivers the two devices had before the run, as the
+        guest showed them (``readlink /sys/bus/pci/devices/<addr>/driver/module``)."""
         before = scenario.steps["before"].state
-        conf = scenario.steps["bind"].state["files"][MODPROBE_CONF]
+        lines = conf_lines(scenario.steps["bind"].state["files"][MODPROBE_CONF])
         record = json.loads(scenario.steps["bind"].state["files"][PLAN_RECORD])
         by_addr = {d["address"]: d for d in record["devices"]}
         for addr in (scenario.addresses["gpu"], scenario.addresses["audio"]):
+            module = before["driver_modules"][addr]
+            assert module, f"{addr}: its driver {before['drivers'][addr]} shows no module"
+            assert f"softdep {module} pre: vfio-pci" in lines, (addr, module, lines)
             assert by_addr[addr]["driver_before"] == before["drivers"][addr]
-            assert f"softdep {by_addr[addr]['module_before']} pre: vfio-pci" in conf
+            assert by_addr[addr]["module_before"] == module
 
     def test_no_override_script_when_every_device_of_the_ids_is_selected(self, scenario):
         after = scenario.steps["bind"].state
