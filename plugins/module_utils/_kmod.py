@@ -63,7 +63,6 @@ def vfio_readiness(fs, kernels: list) -> dict:
             "ready": bool(per_kernel) and all(v["ready"] for v in per_kernel.values())}
 
 
-
 # A PCI modalias as file2alias writes it and sysfs shows it: pci:v<vendor>d<device>sv<subsystem vendor>
 # sd<subsystem device>bc<base class>sc<subclass>i<prog-if>. Values are uppercase hex, so the lowercase
 # field names split a pattern and a device's modalias alike; a field of a pattern may hold fnmatch wildcards.

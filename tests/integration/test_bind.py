@@ -69,7 +69,7 @@ def _connection_case():
         p = load_profile(path)
         for iface, spec in (p.get("network") or {}).items():
             addrs = spec if isinstance(spec, list) else (spec or {}).get("addresses") or []
-            ipv4 = [str(a).split("/")[0] for a in addrs if ":" not in str(a)]
+            ipv4 = [str(a).split("/", maxsplit=1)[0] for a in addrs if ":" not in str(a)]
             nic = next((d for d in p["pci"] if iface in (d.get("net") or [])), None)
             if not ipv4 or nic is None or nic.get("group") is None:
                 continue

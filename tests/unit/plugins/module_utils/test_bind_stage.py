@@ -15,10 +15,10 @@ class FailingAt(Journal):
         super().__init__(root)
         self.fail_path = fail_path
 
-    def write_file(self, stage_name, path, data, mode=None, check_mode=False):
+    def write_file(self, stage, path, data, mode=None, check_mode=False):  # pylint: disable=redefined-outer-name
         if path == self.fail_path and data != b"keep\n":
             raise JournalError(f"cannot write {path}: No space left on device")
-        return super().write_file(stage_name, path, data, mode=mode, check_mode=check_mode)
+        return super().write_file(stage, path, data, mode=mode, check_mode=check_mode)
 
 
 def test_a_failed_write_puts_back_the_files_written_before_it(tmp_path):
