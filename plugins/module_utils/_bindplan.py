@@ -257,7 +257,7 @@ def _binding_modes(entries: list, devices: dict) -> tuple:
 
 
 def render_modprobe(entries: list, ids: list, by_address: list, kept=((), ())) -> str:
-    lines = [HEADER, "#"]
+    lines = [HEADER.rstrip("\n"), "#"]
     for e in entries:
         how = "by address" if e["address"] in by_address else "by id"
         was = e.get("driver_before") or "no driver"
