@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 HERE=$PWD
 VENV=$HERE/.venv
 # Debian packages the tiers need: lspci for the sysroot checks, pci.ids and udev (hwdb.bin)
-# for device names in the lab, the ShellCheck linter for ansible-test sanity, python3-venv.
-APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids udev shellcheck git)
+# for device names in the lab, the ShellCheck linter for ansible-test sanity, python3-venv; cpio and the
+# compressors (and lsinitramfs) that the initramfs image tests pack and compare real images with.
+APT_PACKAGES=(python3-venv python3-pip pciutils pci.ids udev shellcheck git cpio zstd lz4 xz-utils bzip2 initramfs-tools-core)
 
 log() { printf '\n== %s\n' "$*"; }
 

@@ -313,6 +313,16 @@ class Session:
         for dev in plan.get("devices") or []:
             self.manager.invoke_hook("on_post_vfio_bind", _planned_device(dev, bound=True))
 
+    def pre_initramfs(self, facts: dict) -> None:
+        """``on_pre_initramfs_update`` before the images are rebuilt."""
+        self._stage_services(facts)
+        self.manager.invoke_hook("on_pre_initramfs_update")
+
+    def post_initramfs(self, facts: dict) -> None:
+        """``on_post_initramfs_update`` after every image was rebuilt and checked."""
+        self._stage_services(facts)
+        self.manager.invoke_hook("on_post_initramfs_update")
+
     def unjournaled_records(self) -> list:
         """Plugin operations the host's journal has not received yet."""
         return self.records[int(self.state.get("journaled", 0)):]
