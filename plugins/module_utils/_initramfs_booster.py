@@ -111,11 +111,16 @@ def plan(view, current: dict, tool_version=None) -> dict:
     ours = force_load(view)
     merged = ours + [m for m in theirs if cfg.norm_module(m) not in {cfg.norm_module(o) for o in ours}]
     warnings = _warnings(view, base)
+    if view.script and any(cfg.norm_module(m) == "vfio_pci" for m in merged):
+        # A force-loaded vfio_pci would make modprobe skip the install line: the per-address script never runs.
+        merged = [m for m in merged if cfg.norm_module(m) != "vfio_pci"]
+        warnings.append(f"{CONFIG}: your {KEY} force-loads vfio_pci; it is taken out while devices are bound by address "
+                        f"(playbooks/restore.yml puts your line back)")
     if index is None:
         if not ours:
             return cfg.result(files={CONFIG: None if text is None else {"content": base, "mode": 0o644}}, warnings=warnings)
         content = cfg.place_block(text, base, NOTE_NEW, [f"{KEY}: {','.join(merged)}"])
-    elif not ours or merged == theirs:
+    elif merged == theirs:
         content = base
     else:
         content = "".join(cfg.replace_with_block(lines, index, index + 1, NOTE, [f"{KEY}: {','.join(merged)}"]))

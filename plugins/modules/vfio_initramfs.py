@@ -157,7 +157,9 @@ def main() -> None:
                                  kernels=kernels)
             result = {"changed": False, "kernels": kernels}
     except stage.StageError as exc:
-        module.fail_json(msg=str(exc), **{k: v for k, v in exc.result.items() if k != "plan"})
+        for warning in exc.result.get("warnings") or []:
+            module.warn(warning)
+        module.fail_json(msg=str(exc), **{k: v for k, v in exc.result.items() if k not in ("plan", "warnings")})
     except JournalError as exc:
         module.fail_json(msg=str(exc))
     for warning in result.pop("warnings", []) or []:
