@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | bench | system
+# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | realroot | bench | system
 # Everything is installed by this script: Debian packages (with apt-get, as root or via sudo),
 # a virtual environment in .venv with the pinned Python dependencies, and the
 # .collections/ansible_collections/exliar/vfio link that lets Ansible load the collection from the clone.
@@ -23,6 +23,12 @@ apt_install() {
     log "installing Debian packages: ${missing[*]}"
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The real-root tier builds Debian 12 roots with debootstrap (cached in .cache/realroot) and
+# enters them with chroot in private mount namespaces (unshare, from util-linux).
+realroot_setup() {
+    apt_install debootstrap util-linux
 }
 
 setup() {
@@ -67,15 +73,23 @@ case "$cmd" in
     integration) setup; pytest tests/integration "$@" ;;
     bench) setup; python tests/bench/run.py "$@" ;;
     system) setup; bash tests/system/run.sh "$@" ;;
+    realroot) setup; realroot_setup; pytest tests/realroot -m realroot "$@" ;;
     test)
         setup
+        t0=$SECONDS
         log "unit and sysroot integration tests (pytest)"
         pytest tests/unit tests/integration "$@"
+        t1=$SECONDS
+        log "real-root tier: the real initramfs tools in cached Debian 12 roots (pytest -m realroot)"
+        realroot_setup
+        pytest tests/realroot -m realroot
+        t2=$SECONDS
         log "ansible-lint --profile production"
         ansible-lint --profile production --offline
         log "ansible-test sanity"
         bash tests/ansible-test.sh sanity --python 3.11 --local
-        log "all tests passed"
+        t3=$SECONDS
+        log "all tests passed (unit+integration $((t1 - t0)) s, real-root $((t2 - t1)) s, lint+sanity $((t3 - t2)) s)"
         ;;
     *) sed -n '2,5p' "$0"; exit 2 ;;
 esac
