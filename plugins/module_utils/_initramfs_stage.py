@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import shutil
+import subprocess
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _initramfs_config as config
 from ansible_collections.exliar.vfio.plugins.module_utils import _initramfs_image as image
@@ -136,8 +137,15 @@ def _backup_images(root: str, paths: dict) -> dict:
 
 
 def _restore_images(saved: dict) -> None:
+    """Put the saved images back; one that cannot be written (a read-only /boot) was not changed either."""
     for real, dest in saved.values():
-        shutil.copy2(dest, real)
+        try:
+            with open(real, "rb") as now, open(dest, "rb") as before:
+                if now.read() == before.read():
+                    continue
+            shutil.copy2(dest, real)
+        except OSError:
+            pass
 
 
 def _drop_backups(saved: dict) -> None:
@@ -146,6 +154,15 @@ def _drop_backups(saved: dict) -> None:
             os.unlink(dest)
         except OSError:
             pass
+
+
+def run_binary(argv: list) -> tuple:
+    """(rc, stdout bytes, stderr text) of a decompressor; 127 when it is not installed."""
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    except OSError as exc:
+        return 127, b"", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", errors="replace")
 
 
 def verify(root: str, generator, kernels: list, family, handoff: dict, run_command) -> dict:

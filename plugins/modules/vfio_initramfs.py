@@ -140,7 +140,9 @@ def main() -> None:
                              f"{p['root']}: report it; nothing was changed")
 
     def run(argv, binary=False):
-        return module.run_command(argv, encoding=None if binary else "utf-8")
+        if binary:  # a decompressed image is hundreds of MB: read it in one piece, not in run_command's small chunks
+            return stage.run_binary(argv)
+        return module.run_command(argv)
 
     try:
         if p["state"] == "configured":

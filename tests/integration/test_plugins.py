@@ -358,7 +358,7 @@ def test_binding_hooks_run_per_device_and_plugin_records_reach_the_journal(sysro
              "vfio_plugins": {"recorder": {"config": {"log": str(log)}}}, "vfio_root": str(root),
              "vfio_devices": ["0000:0a:00.0"], "vfio_take_over_vfio_config": True}
     first = run_lab(base, [host], extra)
-    assert recap(first.stdout)[host]["changed"] == 1, first.stdout[-3000:]
+    assert recap(first.stdout)[host]["changed"] == 2, first.stdout[-3000:]  # binding + initramfs configuration
     second = run_lab(base, [host], extra)
     assert recap(second.stdout)[host] == dict(recap(second.stdout)[host], changed=0, failed=0)
     entries = [json.loads(line) for line in log.read_text().splitlines()]
@@ -366,6 +366,9 @@ def test_binding_hooks_run_per_device_and_plugin_records_reach_the_journal(sysro
     once = [("on_pre_vfio_bind", "0000:0a:00.0"), ("on_pre_vfio_bind", "0000:0a:00.1"),
             ("on_post_vfio_bind", "0000:0a:00.0"), ("on_post_vfio_bind", "0000:0a:00.1")]
     assert bind_calls == once + once, "every run, also the converged one"
+    initramfs_calls = [e["hook"] for e in entries if "initramfs" in e["hook"]]
+    assert initramfs_calls == ["on_pre_initramfs_update", "on_post_initramfs_update"], \
+        "around the rebuild handler, which only the first run (configuration changed) notifies"
     journal = [json.loads(line) for line in (root / "var/lib/exliar-vfio/journal.jsonl").read_text().splitlines()]
     plugin_ops = [j for j in journal if j["kind"] == "plugin"]
     assert [(j["plugin"], j["operation"], j["details"]["address"]) for j in plugin_ops][:2] == [

@@ -115,3 +115,27 @@ def test_a_failing_generator_puts_the_configuration_and_the_image_back(fresh_roo
     assert "update-initramfs" in failed["msg"] and "previous configuration and images were put back" in failed["msg"]
     assert modules_file.read_bytes() == before
     assert sha(image) == old_image
+
+
+def test_a_read_only_boot_is_a_clear_error_and_changes_nothing(fresh_root, tmp_path):
+    root = fresh_root("initramfs-tools")
+    kernel = kernel_of(root)
+    (root / MODPROBE).write_text("options vfio-pci ids=1234:1111\n")
+    handoff = {"modules": {kernel: ["vfio", "vfio_iommu_type1", "vfio_pci"]}, "files": ["/" + MODPROBE]}
+    modules_file = root / "etc/initramfs-tools/modules"
+    before = modules_file.read_bytes()
+    image = image_of(root, kernel)
+    old_image = sha(image)
+    boot = root / "boot"
+    subprocess.run(["mount", "--bind", str(boot), str(boot)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(boot)], check=True)
+        assert module(tmp_path, root, state="configured", **handoff)["changed"] is True
+        failed = module(tmp_path, root, state="regenerated", **handoff)
+    finally:
+        subprocess.run(["umount", str(boot)], check=True)
+    assert failed["_rc"] != 0
+    assert "update-initramfs" in failed["msg"] and "Read-only file system" in failed["msg"], failed["msg"]
+    assert "previous configuration and images were put back" in failed["msg"]
+    assert modules_file.read_bytes() == before
+    assert sha(image) == old_image
