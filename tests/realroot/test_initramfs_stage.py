@@ -139,3 +139,21 @@ def test_a_read_only_boot_is_a_clear_error_and_changes_nothing(fresh_root, tmp_p
     assert "previous configuration and images were put back" in failed["msg"]
     assert modules_file.read_bytes() == before
     assert sha(image) == old_image
+
+
+@pytest.mark.parametrize("flavour", ["initramfs-tools", "dracut"])
+def test_the_per_address_script_is_carried_into_the_image(fresh_root, tmp_path, flavour):
+    """Identical devices are claimed by a script that modprobe's install line runs: the image must hold it."""
+    root = fresh_root(flavour)
+    kernel = kernel_of(root)
+    script = root / "usr/local/sbin/exliar-vfio-pci-override"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text('#!/bin/sh\nDEVS="0000:02:00.0"\nmodprobe --ignore-install vfio-pci "$@"\n')
+    script.chmod(0o755)
+    (root / MODPROBE).write_text(f"install vfio-pci /{script.relative_to(root)} $CMDLINE_OPTS\n")
+    handoff = {"modules": {kernel: ["vfio", "vfio_iommu_type1", "vfio_pci"]},
+               "files": ["/" + MODPROBE, "/usr/local/sbin/exliar-vfio-pci-override"]}
+    assert module(tmp_path, root, state="configured", **handoff)["changed"] is True
+    rebuilt = module(tmp_path, root, state="regenerated", **handoff)
+    assert rebuilt["_rc"] == 0 and rebuilt["kernels"][kernel]["ok"] is True, rebuilt
+    assert "usr/local/sbin/exliar-vfio-pci-override" in listing(root, flavour, image_of(root, kernel))
