@@ -21,6 +21,9 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         if args.get("state", "configured") != "regenerated":
             result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+            if "kernel_params" in result and not result.get("failed"):  # for the bootloader stage
+                result["ansible_facts"] = {"vfio_initramfs_plan": {"generator": result.get("generator"),
+                                                                   "kernel_params": result["kernel_params"]}}
             return result
         facts = (task_vars.get("ansible_facts") or {}).get("vfio") or {}
         try:

@@ -12,8 +12,9 @@ dracut's behaviour this rests on (dracut-ng 111, and dracutdevs/dracut 059 where
   dracut.sh installs them with ``instmods -c`` and, since dracut 039, writes ``rd.driver.pre=<module>``
   for each into the image's ``/etc/cmdline.d/20-force_drivers.conf``, which dracut-lib's getcmdline
   reads like the kernel command line (and dracut-pre-udev.service runs on
-  ``ConditionPathExistsGlob=|/etc/cmdline.d/*.conf``). So no ``rd.driver.pre=vfio_pci`` kernel parameter
-  is handed to the bootloader stage: it would repeat what the image already says. Built-in modules
+  ``ConditionPathExistsGlob=|/etc/cmdline.d/*.conf``). ``rd.driver.pre=vfio_pci`` is still handed to the
+  bootloader stage for the kernel command line: it repeats what a current image says, and it is what
+  makes vfio-pci load early with a dracut older than 039 or a ``kernel_only`` build. Built-in modules
   are accepted (dracut-install: "is a builtin kernel module"); a missing one is logged ("Failed to
   find module") without failing the build.
 - ``/etc/modprobe.d/*.conf`` goes into the image only in host-only mode
@@ -78,7 +79,8 @@ def _checks(current: dict) -> list:
 def plan(view, current: dict, tool_version=None) -> dict:
     if view.empty:
         return cfg.result(files={DROPIN: None})
-    return cfg.result(files={DROPIN: {"content": render(view), "mode": 0o644}}, warnings=_checks(current))
+    return cfg.result(files={DROPIN: {"content": render(view), "mode": 0o644}}, warnings=_checks(current),
+                      kernel_params=["rd.driver.pre=vfio_pci"])
 
 
 def _explicit_image(kernel: str, distro_family):

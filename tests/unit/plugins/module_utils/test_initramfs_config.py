@@ -109,10 +109,10 @@ def test_one_module_list_for_all_kernels():
 
 
 @pytest.mark.parametrize("generator", cfg.GENERATORS)
-def test_no_kernel_parameter_is_handed_over(generator):
+def test_only_dracut_hands_a_kernel_parameter_over(generator):
     current = {mkinitcpio.MAIN: data("mkinitcpio-v41.conf"), mkinitcpio.DROPIN_DIR: ""}
     res = plan(generator, BY_ADDRESS, current)
-    assert not res["errors"] and res["kernel_params"] == []
+    assert not res["errors"] and res["kernel_params"] == (["rd.driver.pre=vfio_pci"] if generator == "dracut" else [])
 
 
 def test_strip_ours_is_the_exact_inverse_also_without_a_final_newline():
@@ -210,7 +210,7 @@ def test_dracut_drop_in():
     assert text.startswith(cfg.OWNED_HEADER)
     assert 'force_drivers+=" vfio vfio_iommu_type1 vfio_pci "\n' in text      # spaces inside the quotes: dracut.conf(5)
     assert f'install_items+=" {MODPROBE_CONF} {OVERRIDE_SCRIPT} "\n' in text
-    assert res["kernel_params"] == []      # dracut writes rd.driver.pre for force_drivers into the image itself
+    assert res["kernel_params"] == ["rd.driver.pre=vfio_pci"]      # for the bootloader stage (the image says it too)
 
 
 def test_dracut_removal_and_kernels():
