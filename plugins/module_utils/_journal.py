@@ -102,7 +102,12 @@ def _makedirs(directory: str) -> list:
     created: list = []
     try:
         for path in reversed(missing):
-            os.mkdir(path, DIR_MODE)
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:  # another run made it meanwhile: theirs, not ours to remove
+                if not os.path.isdir(path):
+                    raise
+                continue
             created.append(path)
             os.chmod(path, DIR_MODE)  # the umask must not decide
         for path in reversed(created):
@@ -327,8 +332,12 @@ class Journal:
             created = _makedirs(self.state_dir)
             try:
                 if not os.path.isdir(self.backup_dir):
-                    os.mkdir(self.backup_dir, 0o700)
-                    os.chmod(self.backup_dir, 0o700)
+                    try:
+                        os.mkdir(self.backup_dir, 0o700)
+                        os.chmod(self.backup_dir, 0o700)
+                    except FileExistsError:  # another run made it meanwhile
+                        if not os.path.isdir(self.backup_dir):
+                            raise
             except BaseException:
                 _remove_dirs(created)
                 raise
