@@ -18,12 +18,10 @@ The tests only read what the runs left: recaps, messages, and full snapshots of 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import yaml
 
 from build_sysroot import build, load_profile, partition_of, profile_paths
 from labrun import VENV_BIN
-from sysroot_trees import Run, copy_root as _copy, differences, tree
+from sysroot_trees import Run, copy_root as _copy, differences, private_work_dir, tree
 
 PROFILES = {p.stem: p for p in profile_paths()}
 MODPROBE = "etc/modprobe.d/exliar-vfio.conf"
@@ -177,14 +175,7 @@ def _set_device_id(root: Path, addr: str, ids: str) -> None:
 
 @pytest.fixture(scope="module")
 def work_dir(tmp_path_factory):
-    """Where the copies live: in memory when there is /dev/shm (a sysroot is a thousand small files), else tmp_path."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        work = Path(tempfile.mkdtemp(prefix="exliar-vfio-bind-", dir=shm))
-        yield work
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        yield tmp_path_factory.mktemp("bind")
+    yield from private_work_dir(tmp_path_factory, "bind")
 
 
 @pytest.fixture(scope="module")

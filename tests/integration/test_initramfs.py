@@ -25,7 +25,6 @@ import re
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import yaml
 
 from build_sysroot import build, profile_paths
 from labrun import VENV_BIN
-from sysroot_trees import Run, copy_root as _copy, differences, tree
+from sysroot_trees import Run, copy_root as _copy, differences, private_work_dir, tree
 
 PROFILES = {p.stem: p for p in profile_paths()}
 
@@ -173,14 +172,7 @@ def _inventory(path: Path, hosts: dict, roots: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def work_dir(tmp_path_factory):
-    """Where the copies live: in memory when there is /dev/shm (a sysroot is a thousand small files), else tmp_path."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        work = Path(tempfile.mkdtemp(prefix="exliar-vfio-initramfs-", dir=shm))
-        yield work
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        yield tmp_path_factory.mktemp("initramfs")
+    yield from private_work_dir(tmp_path_factory, "initramfs")
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,16 @@ class Run:
 
     def tail(self) -> str:
         return self.stdout[-4000:] + self.stderr[-2000:]
+
+
+def private_work_dir(tmp_path_factory, name: str):
+    """Generator for a module fixture: where copies live, in memory when there is /dev/shm (a sysroot is a
+    thousand small files), else pytest's tmp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        import tempfile  # pylint: disable=import-outside-toplevel
+        work = Path(tempfile.mkdtemp(prefix=f"exliar-vfio-{name}-", dir=shm))
+        yield work
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp(name)
