@@ -109,6 +109,12 @@ def iommu_state(fs, cpu_vendor, params: list, groups: list, running_kernel) -> d
     if enabled and ir is False:
         problem("no_interrupt_remapping", "interrupt remapping is off: vfio refuses devices unless "
                 "vfio_iommu_type1.allow_unsafe_interrupts=1", "enable interrupt remapping (x2APIC) in firmware")
+    if kind == "intel":
+        default_on = (config.get("CONFIG_INTEL_IOMMU_DEFAULT_ON") == "y") if config else None
+    elif kind == "amd":
+        default_on = (config.get("CONFIG_AMD_IOMMU") != "n") if config else True
+    else:
+        default_on = None
     pt = "pt" in iommu_vals or any(g.get("type") == "identity" for g in groups)
     return {
         "enabled": enabled,
@@ -121,6 +127,7 @@ def iommu_state(fs, cpu_vendor, params: list, groups: list, running_kernel) -> d
         "passthrough_mode": pt,
         "default_domain_type": groups[0]["type"] if groups else None,
         "params_needed": needed_params,
+        "kernel_default_on": default_on,
         "problems": problems,
         "reason": "; ".join(p["what"] for p in problems if p["code"] != "no_interrupt_remapping") or None,
     }
