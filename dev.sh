@@ -28,7 +28,7 @@ apt_install() {
 # The real-root tier builds Debian 12 roots with debootstrap (cached in .cache/realroot) and
 # enters them with chroot in private mount namespaces (unshare, from util-linux).
 realroot_setup() {
-    apt_install debootstrap util-linux
+    apt_install debootstrap util-linux mount e2fsprogs dosfstools
 }
 
 setup() {

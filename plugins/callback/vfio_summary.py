@@ -69,6 +69,12 @@ class CallbackModule(CallbackBase):
             self._host(result)["facts"] = facts["vfio"]
         if isinstance(facts.get("vfio_bind_plan"), dict):
             self._host(result)["bind"] = facts["vfio_bind_plan"]
+        if isinstance(facts.get("vfio_bootloader_plan"), dict):
+            self._host(result)["bootloader"] = dict(facts["vfio_bootloader_plan"],
+                                                    next_boot_cmdline=facts.get("vfio_next_boot_cmdline"),
+                                                    reboot_required=facts.get("vfio_reboot_required"))
+        elif facts.get("vfio_reboot_required") is False and self._host(result).get("bootloader"):
+            self._host(result)["bootloader"].update(reboot_required=False, verified=True)
 
     def v2_runner_on_ok(self, result) -> None:
         self._keep(result)

@@ -29,27 +29,25 @@ from __future__ import annotations
 import glob
 import os
 
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_bls as bls
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_grub as grub
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_kernelstub as kernelstub
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_limine as limine
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_proxmox as proxmox
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_refind as refind
+from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_sdboot as sdboot
 
+# Static imports: Ansible ships a module's module_utils by scanning its import statements.
 LOADERS = {
     "grub": grub,
+    "grubby": bls,
+    "systemd-boot": sdboot,
+    "kernelstub": kernelstub,
+    "refind": refind,
+    "limine": limine,
+    "proxmox": proxmox,
 }
 TOOL_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
-
-
-def _register_optional() -> None:
-    """Bootloaders whose modules exist in this copy of the collection."""
-    import importlib  # pylint: disable=import-outside-toplevel
-    for name, module in (("grubby", "_bootloader_bls"), ("systemd-boot", "_bootloader_sdboot"),
-                         ("kernelstub", "_bootloader_kernelstub"), ("refind", "_bootloader_refind"),
-                         ("limine", "_bootloader_limine"), ("proxmox", "_bootloader_proxmox")):
-        try:
-            LOADERS[name] = importlib.import_module(f"ansible_collections.exliar.vfio.plugins.module_utils.{module}")
-        except ImportError:
-            pass
-
-
-_register_optional()
 
 
 def known() -> list:

@@ -3,8 +3,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """GRUB 2 with a generated grub.cfg (Debian, Ubuntu, Arch, openSUSE, older Fedora/RHEL).
 
-grub-mkconfig sources ``/etc/default/grub`` and then, on Debian and Ubuntu, every
-``/etc/default/grub.d/*.cfg`` in order (Debian's "default-grub-d" patch): a drop-in that assigns
+grub-mkconfig sources ``/etc/default/grub`` and then, on Debian, Ubuntu and Arch, every
+``/etc/default/grub.d/*.cfg`` in order (Debian's "default-grub-d" patch, Arch's
+0003-support-dropins-for-default-configuration.patch): a drop-in that assigns
 ``GRUB_CMDLINE_LINUX_DEFAULT`` (Ubuntu cloud images' ``50-cloudimg-settings.cfg``) overrides the
 main file, so the edit goes where the value really comes from. 10_linux gives normal entries
 ``GRUB_CMDLINE_LINUX GRUB_CMDLINE_LINUX_DEFAULT`` and recovery entries only
@@ -27,23 +28,35 @@ CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 LINUX = "GRUB_CMDLINE_LINUX"
 DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
 ASSIGN_RE = re.compile(r"^(?P<lead>\s*(?:export\s+)?)(?P<var>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(?P<rest>.*)$")
+# Any other shell that sets or clears the two variables: appends, conditional or chained assignments, unset.
+MENTION_RE = re.compile(r"\bGRUB_CMDLINE_LINUX(?:_DEFAULT)?\+?=|\bunset\b.*\bGRUB_CMDLINE_LINUX")
+OPENERS, CLOSERS = {"if", "case", "for", "while", "until", "{"}, {"fi", "esac", "done", "}"}
+FORCE_PARTUUID_RE = re.compile(r"""^\s*(?:export\s+)?GRUB_FORCE_PARTUUID=["']?([^"'\s#]*)""")
 LINUX_CMDS = ("linux", "linuxefi", "linux16")
+# The ESP directory of each distribution's GRUB (grub-install --bootloader-id, or the shim package).
+ESP_IDS = {"rhel": ("redhat",), "ol": ("redhat",), "scientific": ("redhat",), "centos": ("centos",),
+           "opensuse-leap": ("opensuse",), "opensuse-tumbleweed": ("opensuse",), "sles": ("sles",)}
 
 
 class _Unparsable(Exception):
     pass
 
 
+def _esp_dir(ctx) -> str:
+    return f"{(ctx.get('esp') or '/boot/efi').rstrip('/')}/EFI/"
+
+
 def _esp_stubs(ctx) -> str:
-    return f"{(ctx.get('esp') or '/boot/efi').rstrip('/')}/EFI/*/grub.cfg"
+    return f"{_esp_dir(ctx)}*/grub.cfg"
 
 
 def inputs(ctx) -> list:
-    return [MAIN, DROPINS, *CONFIGS, _esp_stubs(ctx), "/boot/grub/grubenv", "/boot/grub2/grubenv"]
+    return [MAIN, DROPINS, *CONFIGS, _esp_stubs(ctx), f"{_esp_dir(ctx)}*/grubenv", "/boot/grub/grubenv", "/boot/grub2/grubenv"]
 
 
 def outputs(ctx, files) -> list:
-    return [real_config(files, ctx), "/boot/grub/grubenv", "/boot/grub2/grubenv"]
+    real = real_config(files, ctx)
+    return list(dict.fromkeys([real, _env_path(real), "/boot/grub/grubenv", "/boot/grub2/grubenv"]))
 
 
 def _parse_value(rest: str) -> tuple:
@@ -63,37 +76,83 @@ def _parse_value(rest: str) -> tuple:
     else:
         m = re.match(r"^([^\s#;&|]*)(.*)$", rest)
         q, value, trailing = "", m.group(1), m.group(2)
-    if trailing.strip() and not trailing.strip().startswith("#"):
-        raise _Unparsable(f"more shell after the value ({trailing.strip()[:40]!r})")
     if "`" in value or "$(" in value or (q == "" and any(c in value for c in "\"'\\")):
         raise _Unparsable("a command substitution or quoting inside the value")
+    if trailing.strip() and not trailing.strip().startswith("#"):
+        raise _Unparsable(f"more shell after the value ({trailing.strip()[:40]!r})")
     return q, value, trailing
+
+
+def _code(line: str) -> str:
+    """The shell words of a line without comments and without the text inside quotes."""
+    out, q = [], ""
+    for i, c in enumerate(line):
+        if q:
+            if c == q:
+                q = ""
+            continue
+        if c in "'\"`":
+            q = c
+            out.append(" ")
+        elif c == "#" and (i == 0 or line[i - 1].isspace()):
+            break
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _depth_change(code: str) -> int:
+    words = re.findall(r"[A-Za-z_]+|[{}]", code.replace(";", " ; "))
+    return sum(1 for w in words if w in OPENERS) - sum(1 for w in words if w in CLOSERS)
+
+
+def _check_words(a: dict) -> None:
+    """Words that expand other shell variables cannot be edited safely (their value is unknown here)."""
+    if a["quote"] == "'":
+        return
+    for w in a["words"]:
+        if "$" in w and w not in (f"${a['var']}", f"${{{a['var']}}}"):
+            raise _Unparsable(f"the expansion {w!r} (only ${a['var']} itself is understood)")
+
+
+def _sourced(files: dict) -> list:
+    """The files grub-mkconfig sources, in order: the main file, then the drop-ins (Debian, Ubuntu, Arch)."""
+    return [MAIN] + sorted(p for p in files if p.startswith("/etc/default/grub.d/") and p.endswith(".cfg"))
 
 
 def assignments(files: dict) -> list:
     """Every assignment of the two variables in sourcing order: ``{path, line, var, quote, words, lead, trailing}``."""
     out = []
-    paths = [MAIN] + sorted(p for p in files if p.startswith("/etc/default/grub.d/") and p.endswith(".cfg"))
-    for path in paths:
+    for path in _sourced(files):
         text = files.get(path)
         if text is None:
             continue
+        depth = 0
         for i, line in enumerate(text.split("\n")):
+            code = _code(line)
             m = ASSIGN_RE.match(line)
-            if not m:
-                continue
             try:
+                if m and depth > 0:
+                    raise _Unparsable("an assignment inside an if, case, loop or function block")
+                if not m and MENTION_RE.search(code):
+                    raise _Unparsable(f"shell that is not a plain assignment ({line.strip()[:60]!r})")
+                depth += _depth_change(code)
+                if not m:
+                    continue
                 q, value, trailing = _parse_value(m.group("rest"))
+                a = {"path": path, "line": i, "var": m.group("var"), "quote": q, "words": value.split(),
+                     "lead": m.group("lead"), "trailing": trailing}
+                _check_words(a)
             except _Unparsable as exc:
-                raise ValueError(f"{path} line {i + 1}: {m.group('var')} has {exc}; exliar.vfio edits only plain "
+                var = m.group("var") if m else "GRUB_CMDLINE_LINUX"
+                raise ValueError(f"{path} line {i + 1}: {var} has {exc}; exliar.vfio edits only plain "
                                  f"assignments (VAR=\"words\"): simplify the line, or set vfio_bootloader_stage: false") from exc
-            out.append({"path": path, "line": i, "var": m.group("var"), "quote": q, "words": value.split(),
-                        "lead": m.group("lead"), "trailing": trailing})
+            out.append(a)
     return out
 
 
 def _self_ref(a: dict) -> bool:
-    return any(w in (f"${a['var']}", f"${{{a['var']}}}") for w in a["words"])
+    return a["quote"] != "'" and any(w in (f"${a['var']}", f"${{{a['var']}}}") for w in a["words"])
 
 
 def live(assigns: list, var: str) -> list:
@@ -112,23 +171,43 @@ def effective(assigns: list, var: str) -> list:
     for a in live(assigns, var):
         new = []
         for w in a["words"]:
-            new.extend(words if w in (f"${var}", f"${{{var}}}") else [w])
+            new.extend(words if w in (f"${var}", f"${{{var}}}") and a["quote"] != "'" else [w])
         words = new
     return words
 
 
-def real_config(files: dict, ctx) -> str:
-    """The grub.cfg the firmware's GRUB reads (see the module docstring)."""
-    stub_dir = f"{(ctx.get('esp') or '/boot/efi').rstrip('/')}/EFI/"
-    full = sorted(p for p, t in files.items() if p.startswith(stub_dir) and p.endswith("/grub.cfg")
+def _esp_ids(ctx) -> tuple:
+    dist = (ctx.get("distribution") or "").lower()
+    return ESP_IDS.get(dist, (dist,)) if dist else ()
+
+
+def _full_configs(files: dict, ctx) -> list:
+    """grub.cfg files on the ESP that are whole configurations, not stubs that load /boot/grub*/grub.cfg."""
+    stub_dir = _esp_dir(ctx)
+    return sorted(p for p, t in files.items() if p.startswith(stub_dir) and p.endswith("/grub.cfg")
                   and t and ("menuentry" in t or "blscfg" in t))
-    if full:
-        dist = f"{stub_dir}{ctx.get('distribution') or ''}/grub.cfg"
-        return dist if dist in full else full[0]
-    for path in ("/boot/grub2/grub.cfg", "/boot/grub/grub.cfg"):
+
+
+def real_config(files: dict, ctx) -> str:
+    """The grub.cfg the firmware's GRUB reads (see the module docstring). A whole configuration on
+    the ESP counts only in this distribution's own directory: another system's (dual boot) is never
+    regenerated from this one."""
+    full = _full_configs(files, ctx)
+    for ident in _esp_ids(ctx):
+        path = f"{_esp_dir(ctx)}{ident}/grub.cfg"
+        if path in full:
+            return path
+    prefer = ("/boot/grub2/grub.cfg", "/boot/grub/grub.cfg") if "grub2-mkconfig" in (ctx.get("tools") or ()) \
+        else ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+    for path in prefer:
         if files.get(path) is not None:
             return path
-    return "/boot/grub2/grub.cfg" if "grub2-mkconfig" in (ctx.get("tools") or ()) else "/boot/grub/grub.cfg"
+    return prefer[0]
+
+
+def _env_path(real: str) -> str:
+    """GRUB loads the environment block next to the configuration it reads (``$prefix/grubenv``)."""
+    return real.rsplit("/", 1)[0] + "/grubenv"
 
 
 def _render(a: dict, words: list) -> str:
@@ -143,6 +222,10 @@ def plan(files: dict, entries: list, ctx) -> dict:
                              f"(create it, or set vfio_bootloader to the bootloader really in use)")
         return out
     real = real_config(files, ctx)
+    foreign = [p for p in _full_configs(files, ctx) if p != real]
+    if foreign:
+        out["warnings"].append(f"{', '.join(foreign)} on the ESP belongs to another system or an old installation: "
+                               f"it is left alone; this system's GRUB reads {real}")
     if "blscfg" in (files.get(real) or ""):
         out["errors"].append(f"{real} reads Boot Loader Specification entries (blscfg): the command line lives in "
                              f"/boot/loader/entries/*.conf; use bootloader grubby")
@@ -152,6 +235,12 @@ def plan(files: dict, entries: list, ctx) -> dict:
     except ValueError as exc:
         out["errors"].append(str(exc))
         return out
+    forced = [m.group(1) for p in _sourced(files) for m in map(FORCE_PARTUUID_RE.match, (files.get(p) or "").split("\n"))
+              if m and m.group(1)]
+    if forced:
+        out["warnings"].append("GRUB_FORCE_PARTUUID is set (Ubuntu cloud images' 40-force-partuuid.cfg): GRUB first boots the "
+                               "kernel without the initramfs, so drivers the initramfs would load early (vfio-pci) load later; "
+                               "remove that file to boot with the initramfs")
     lines = {p: files[p].split("\n") for p in {a["path"] for a in assigns}}
     lines.setdefault(MAIN, files[MAIN].split("\n"))
     # 1. replace and remove in place, wherever the words reach grub-mkconfig
@@ -198,21 +287,68 @@ def _mkconfig(ctx, real: str) -> list:
 # Read-back: the entries of a generated grub.cfg and the default one
 # ---------------------------------------------------------------------------------------------
 
-_TITLE_RE = re.compile(r"""^\s*(menuentry|submenu)\s+(?:'([^']*)'|"([^"]*)"|(\S+))(.*)\{\s*$""")
-_ID_RE = re.compile(r"""\$menuentry_id_option\s+'([^']*)'|--id[= ]'?([^'\s]+)'?""")
+_ENTRY_RE = re.compile(r"^\s*(menuentry|submenu)\s+(.*?)\{\s*$")
+
+
+def _grub_words(text: str) -> list:
+    """Words of a GRUB script line: '...' literal, "..." with backslash escapes, \\x outside quotes
+    (grub-mkconfig quotes titles as 'it'\\''s')."""
+    words, cur, started, i, n = [], [], False, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "'":
+            j = text.find("'", i + 1)
+            j = n if j < 0 else j
+            cur.append(text[i + 1:j])
+            started, i = True, j + 1
+            continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                cur.append(text[i])
+                i += 1
+            started, i = True, i + 1
+            continue
+        if c == "\\" and i + 1 < n:
+            cur.append(text[i + 1])
+            started, i = True, i + 2
+            continue
+        if c.isspace():
+            if started:
+                words.append("".join(cur))
+            cur, started = [], False
+        else:
+            cur.append(c)
+            started = True
+        i += 1
+    if started:
+        words.append("".join(cur))
+    return words
+
+
+def _entry_id(args: list):
+    for i, w in enumerate(args):
+        if w in ("$menuentry_id_option", "${menuentry_id_option}", "--id") and i + 1 < len(args):
+            return args[i + 1]
+        if w.startswith("--id="):
+            return w[5:]
+    return None
 
 
 def parse_menu(text: str) -> list:
-    """Menu entries as a tree: ``[{"kind", "title", "id", "cmdline", "kernel", "children"}]``."""
+    """Menu entries as a tree: ``[{"kind", "title", "id", "cmdline", "kernel", "children"}]``. An
+    entry with several linux lines (Ubuntu's GRUB_FORCE_PARTUUID if/else) keeps the last one: the
+    branch GRUB takes unless the previous boot failed."""
     top: list = []
     stack: list = []
     for raw in (text or "").split("\n"):
         line = raw.strip()
-        m = _TITLE_RE.match(raw)
-        if m:
-            title = m.group(2) if m.group(2) is not None else (m.group(3) if m.group(3) is not None else m.group(4))
-            idm = _ID_RE.search(m.group(5) or "")
-            node = {"kind": m.group(1), "title": title, "id": (idm.group(1) or idm.group(2)) if idm else None,
+        m = _ENTRY_RE.match(raw)
+        words = _grub_words(m.group(2)) if m else []
+        if m and words:
+            node = {"kind": m.group(1), "title": words[0], "id": _entry_id(words[1:]),
                     "cmdline": None, "kernel": None, "children": []}
             (stack[-1]["children"] if stack else top).append(node)
             stack.append(node)
@@ -231,6 +367,9 @@ def parse_menu(text: str) -> list:
 
 
 def _default_spec(text: str, env: dict) -> str:
+    """The default GRUB boots next: a one-time ``next_entry`` (grub-reboot) first, then ``set default``."""
+    if env.get("next_entry"):
+        return env["next_entry"]
     spec = "0"
     for raw in (text or "").split("\n"):
         m = re.match(r"""^\s*set\s+default=["']?([^"']*)["']?\s*$""", raw)
@@ -244,7 +383,7 @@ def _default_spec(text: str, env: dict) -> str:
 def _find(nodes: list, spec: str):
     """GRUB's default lookup: an index, a title or an id, with '>' between submenu levels."""
     part, _sep, rest = spec.partition(">")
-    pick = None
+    part = part.strip()
     if part.isdigit():
         pick = nodes[int(part)] if int(part) < len(nodes) else None
     else:
@@ -252,7 +391,7 @@ def _find(nodes: list, spec: str):
     if pick is None:
         return None
     if rest:
-        return _find(pick["children"], rest)
+        return _find(pick["children"], rest) if pick["kind"] == "submenu" else None
     while pick["kind"] == "submenu" and pick["children"]:
         pick = pick["children"][0]
     return pick
@@ -280,7 +419,7 @@ def grubenv(text: str) -> dict:
 def next_boot(files: dict, ctx) -> dict:
     real = real_config(files, ctx)
     text = files.get(real)
-    out = {"cmdline": None, "source": real, "entries": [], "errors": []}
+    out = {"cmdline": None, "source": real, "entries": [], "errors": [], "warnings": []}
     if not text:
         out["errors"].append(f"{real} does not exist or is empty")
         return out
@@ -289,18 +428,19 @@ def next_boot(files: dict, ctx) -> dict:
     if not out["entries"]:
         out["errors"].append(f"{real} has no menu entry with a linux line")
         return out
-    env = grubenv(files.get("/boot/grub2/grubenv" if real.startswith("/boot/grub2") else "/boot/grub/grubenv"))
-    spec = _default_spec(text, env)
-    chosen = _find(menu, spec)
-    if chosen is None or chosen["cmdline"] is None:
-        out["warnings"] = [f"GRUB's default {spec!r} matches no entry: GRUB boots the first one"]
-        chosen = next((n for n in _walk(menu) if n["cmdline"] is not None), None)
-    out["cmdline"] = chosen["cmdline"] if chosen else None
+    env_text = files.get(_env_path(real))
+    if env_text is None and real.startswith(_esp_dir(ctx)):
+        env_text = files.get("/boot/grub2/grubenv")          # RHEL 7: a symlink to the ESP's grubenv
+    spec = _default_spec(text, grubenv(env_text))
     out["default"] = spec
+    chosen = _find(menu, spec)
+    if chosen is None:
+        out["warnings"].append(f"GRUB's default {spec!r} matches no entry: GRUB boots the first one")
+        chosen = _find(menu, "0")
+    if chosen is None or chosen["cmdline"] is None:
+        title = chosen["title"] if chosen else spec
+        out["errors"].append(f"the entry GRUB boots by default ({title!r}) starts no Linux kernel from this system")
+        return out
+    out["cmdline"] = chosen["cmdline"]
+    out["title"] = chosen["title"]
     return out
-
-
-def _walk(nodes: list):
-    for n in nodes:
-        yield n
-        yield from _walk(n["children"])

@@ -24,12 +24,14 @@ options:
     default: /
   stages:
     description:
-      - The stages to undo, in this order (the initramfs stage first, then the binding it built on).
-      - Undoing the initramfs stage rebuilds the images with the generator when it can run in O(root).
+      - The stages to undo, in this order (the bootloader stage first, then the initramfs stage, then the binding they
+        built on).
+      - Undoing the bootloader stage runs the bootloader's tool again (C(update-grub), C(proxmox-boot-tool refresh)...) and
+        undoing the initramfs stage rebuilds the images, each when the tool can run in O(root).
     type: list
     elements: str
-    choices: [initramfs, bind]
-    default: [initramfs, bind]
+    choices: [bootloader, initramfs, bind]
+    default: [bootloader, initramfs, bind]
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -60,18 +62,18 @@ stages:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.exliar.vfio.plugins.module_utils import _bind_stage, _initramfs_stage
+from ansible_collections.exliar.vfio.plugins.module_utils import _bind_stage, _bootloader_stage, _initramfs_stage
 from ansible_collections.exliar.vfio.plugins.module_utils._journal import JournalError
 from ansible_collections.exliar.vfio.plugins.module_utils._sysfs_bind import BindError
 
-RESTORERS = {"bind": _bind_stage.restore, "initramfs": _initramfs_stage.restore}
+RESTORERS = {"bind": _bind_stage.restore, "initramfs": _initramfs_stage.restore, "bootloader": _bootloader_stage.restore}
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "root": {"type": "path", "default": "/"},
-            "stages": {"type": "list", "elements": "str", "choices": sorted(RESTORERS), "default": ["initramfs", "bind"]},
+            "stages": {"type": "list", "elements": "str", "choices": sorted(RESTORERS), "default": ["bootloader", "initramfs", "bind"]},
         },
         supports_check_mode=True,
     )
@@ -81,7 +83,7 @@ def main() -> None:
             result = _bind_stage.public(RESTORERS[name](module.params["root"], module.check_mode, module.run_command))
             diffs.extend(result.pop("diff"))
             done[name] = result
-    except (BindError, JournalError, _initramfs_stage.StageError) as exc:
+    except (BindError, JournalError, _initramfs_stage.StageError, _bootloader_stage.StageError) as exc:
         module.fail_json(msg=str(exc), stages=done)
     module.exit_json(changed=any(r["changed"] for r in done.values()), stages=done, diff=diffs)
 

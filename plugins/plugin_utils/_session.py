@@ -323,6 +323,16 @@ class Session:
         self._stage_services(facts)
         self.manager.invoke_hook("on_post_initramfs_update")
 
+    def pre_bootloader(self, facts: dict, bootloader: "api.BootloaderConfig") -> None:
+        """``on_pre_bootloader_update`` with the planned command line, before any file is edited."""
+        self._stage_services(facts)
+        self.manager.invoke_hook("on_pre_bootloader_update", bootloader)
+
+    def post_bootloader(self, facts: dict, bootloader: "api.BootloaderConfig") -> None:
+        """``on_post_bootloader_update`` with what the next boot gets, after the edit and the tool ran."""
+        self._stage_services(facts)
+        self.manager.invoke_hook("on_post_bootloader_update", bootloader)
+
     def unjournaled_records(self) -> list:
         """Plugin operations the host's journal has not received yet."""
         return self.records[int(self.state.get("journaled", 0)):]

@@ -100,6 +100,24 @@ def render_bind(plan: dict) -> list:
     return lines
 
 
+def render_bootloader(bl: dict) -> list:
+    """What the bootloader stage put on the command line and what the next boot gets."""
+    params = " ".join(p["name"] if p.get("value") is None else f"{p['name']}={p['value']}"
+                      for p in bl.get("params") or [] if p.get("state", "present") == "present")
+    removed = " ".join(p["name"] if p.get("value") is None else f"{p['name']}={p['value']}"
+                       for p in bl.get("params") or [] if p.get("state") == "absent")
+    lines = [f"  bootloader {bl.get('bootloader') or '?'}: {params or '(no parameters)'}" + (f", removes {removed}" if removed else "")]
+    if bl.get("next_boot_cmdline") is not None:
+        lines.append(f"               next boot: {bl['next_boot_cmdline']}")
+    if bl.get("not_regenerated"):
+        lines.append(f"    ~ not regenerated: {bl['not_regenerated']} (the next boot above is predicted)")
+    if bl.get("verified"):
+        lines.append("               rebooted: /proc/cmdline has the parameters and the devices are on vfio-pci")
+    elif bl.get("reboot_required"):
+        lines.append("               REBOOT REQUIRED to use it (vfio_reboot_ok: true lets the playbook reboot and check)")
+    return lines
+
+
 def render_plugins(summary: dict) -> list:
     lines = []
     plugins = summary.get("plugins") or {}
@@ -128,6 +146,8 @@ def render_summary(results: dict, plugins: dict | None = None) -> str:
             out.append(host)
         if r.get("bind"):
             out.extend(render_bind(r["bind"]))
+        if r.get("bootloader"):
+            out.extend(render_bootloader(r["bootloader"]))
         out.extend(render_plugins(plugins.get(host) or {}))
         if r.get("failed") and not (r.get("bind") or {}).get("status") == "refused":
             out.append(f"  FAILED     {r['failed']}")

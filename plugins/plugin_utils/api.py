@@ -137,10 +137,16 @@ class GpuDevice(PciDevice):
 
 @dataclass
 class BootloaderConfig:
+    """The bootloader stage's view of one host: which bootloader, the parameters it manages
+    (``{"name", "value", "state"}``), where the command line lives, and, after the update, what
+    the next boot gets."""
+
     name: str | None
     kernel_params: list = field(default_factory=list)
     config_path: str | None = None
     evidence: list = field(default_factory=list)
+    next_boot_cmdline: str | None = None
+    reboot_required: bool | None = None
 
 
 @dataclass

@@ -96,14 +96,12 @@ DRACUT_SPEED = {"etc/dracut.conf.d/05-realroot-speed.conf": 'compress="zstd -1 -
 FLAVOURS = {
     "initramfs-tools": Flavour(("initramfs-tools",), INITRAMFS_TOOLS_SPEED),
     "dracut": Flavour(("dracut", "dracut-core"), DRACUT_SPEED),
-    # Bootloader flavours are one line each. These three build (25-29 s each on a cached base) but
-    # are not used yet: in them update-grub fails ("grub-probe: cannot find a device for /": the
-    # root is a directory, not a block device) and bootctl wants an ESP at --esp-path, neither of
-    # which chroot_run provides; kernel-install add exits 0 with nothing mounted (effect unchecked).
-    # "grub-efi": Flavour(("initramfs-tools", "grub-efi-amd64"), INITRAMFS_TOOLS_SPEED),
-    # "grub-pc": Flavour(("initramfs-tools", "grub-pc"), INITRAMFS_TOOLS_SPEED,
-    #                    debconf="grub-pc grub-pc/install_devices multiselect\n"),
-    # "systemd-boot": Flavour(("initramfs-tools", "systemd-boot"), INITRAMFS_TOOLS_SPEED),
+    # The bootloader flavours (python3: the bootloader stage runs inside the root with the root's
+    # own python). Their tools need the root on a block device: use them through block_root().
+    "grub-efi": Flavour(("initramfs-tools", "grub-efi-amd64", "python3"), INITRAMFS_TOOLS_SPEED),
+    "grub-pc": Flavour(("initramfs-tools", "grub-pc", "python3"), INITRAMFS_TOOLS_SPEED,
+                       debconf="grub-pc grub-pc/install_devices multiselect\n"),
+    "systemd-boot": Flavour(("initramfs-tools", "systemd-boot", "python3"), INITRAMFS_TOOLS_SPEED),
 }
 
 
@@ -127,8 +125,12 @@ def missing_host_tools() -> list:
 MOUNT_KINDS = ("proc", "sys", "dev", "run")
 
 
-def _mount_script(root: Path, mounts, binds: dict) -> str:
-    """Shell lines run in the new mount namespace before the chroot."""
+def _mount_script(root: Path, mounts, binds: dict, ro_binds: dict | None = None, read_only=(), devices=()) -> str:
+    """Shell lines run in the new mount namespace before the chroot.
+
+    ``devices`` (block roots): ``(name, "major:minor", uuid)`` of block devices made as nodes in
+    the private /dev, with a ``/dev/disk/by-uuid`` link each. ``ro_binds`` are ``binds`` made
+    read-only; ``read_only`` paths in the root are bound on themselves read-only."""
     r = shlex.quote(str(root))
     lines = ["set -e"]
     for kind in mounts:
@@ -145,19 +147,28 @@ def _mount_script(root: Path, mounts, binds: dict) -> str:
                       f"ln -s pts/ptmx {r}/dev/ptmx", f"ln -s /proc/self/fd {r}/dev/fd",
                       f"ln -s /proc/self/fd/0 {r}/dev/stdin", f"ln -s /proc/self/fd/1 {r}/dev/stdout",
                       f"ln -s /proc/self/fd/2 {r}/dev/stderr"]
+            for name, majmin, uuid in devices:  # only the block root's own loop devices
+                major, minor = majmin.split(":")
+                lines += [f"mknod -m 0660 {r}/dev/{name} b {int(major)} {int(minor)}",
+                          f"mkdir -p {r}/dev/disk/by-uuid", f"ln -s ../../{name} {r}/dev/disk/by-uuid/{shlex.quote(uuid)}"]
         elif kind == "run":
             lines.append(f"mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m run {r}/run")
         else:
             raise ValueError(f"unknown mount {kind!r}; known: {MOUNT_KINDS}")
-    for host, inside in binds.items():
+    for host, inside in [*binds.items(), *(ro_binds or {}).items()]:
         target = f"{r}/{shlex.quote(str(inside).lstrip('/'))}"
         lines += [f"mkdir -p {target}", f"mount --bind {shlex.quote(str(host))} {target}"]
+        if host in (ro_binds or {}):
+            lines.append(f"mount -o remount,bind,ro {target}")
+    for path in read_only:
+        target = f"{r}/{shlex.quote(str(path).lstrip('/'))}"
+        lines += [f"mount --bind {target} {target}", f"mount -o remount,bind,ro {target}"]
     return "\n".join(lines)
 
 
 def chroot_run(root, argv, timeout: float = 600, *, mounts=("proc",), binds: dict | None = None,
-               env: dict | None = None, input: str | None = None, logfile: Path | None = None,
-               check: bool = False) -> subprocess.CompletedProcess:
+               ro_binds: dict | None = None, read_only=(), env: dict | None = None, input: str | None = None,
+               logfile: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run argv with ``chroot root`` in a private mount and PID namespace.
 
     ``mounts`` picks from ``MOUNT_KINDS``: ``proc`` (a new procfs), ``sys`` (sysfs, read-only),
@@ -170,17 +181,33 @@ def chroot_run(root, argv, timeout: float = 600, *, mounts=("proc",), binds: dic
     the mounts; if the test process dies (even by SIGKILL) ``unshare`` gets SIGKILL
     (``PR_SET_PDEATHSIG``) and takes the namespace with it. (update-initramfs and dracut, as configured here, need nothing mounted at all.)
 
+    ``ro_binds`` are binds made read-only; ``read_only`` paths in the root (``"boot/grub"``) are
+    made read-only for this one command.
+
+    ``root`` may also be a ``BlockRoot`` (see ``block_root``): the command then starts inside the
+    block root's mount namespace (``nsenter``) and gets its own private namespace below it, so
+    its mounts still vanish with it; ``dev`` then also holds the block root's loop devices.
+
     The environment is clean (PATH, HOME, LANG=C.UTF-8, DEBIAN_FRONTEND=noninteractive) plus
     ``env``. Output goes to ``logfile`` (appended) or is captured. Raises
     ``subprocess.TimeoutExpired`` after killing everything on a timeout, and ``HarnessError`` on a
     non-zero exit when ``check``.
     """
-    root = Path(root).resolve()
-    if not (root / "usr").is_dir():
-        raise HarnessError(f"{root} is not a root file system")
+    enter, devices = [], ()
+    if isinstance(root, BlockRoot):
+        if root.holder.poll() is not None:
+            raise HarnessError(f"the block root {root.mountpoint} is gone (its namespace ended)")
+        if not (root.path / "usr").is_dir():
+            raise HarnessError(f"{root.path} is not a root file system")
+        enter, devices, root = ["nsenter", f"--target={root.holder.pid}", "--mount", "--"], root.devices(), root.mountpoint
+    else:
+        root = Path(root).resolve()
+        if not (root / "usr").is_dir():
+            raise HarnessError(f"{root} is not a root file system")
     argv = [str(a) for a in argv]
-    script = _mount_script(root, mounts, binds or {}) + '\nroot=$1; shift\nexec chroot "$root" "$@"\n'
-    cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+    script = (_mount_script(root, mounts, binds or {}, ro_binds, read_only, devices)
+              + '\nroot=$1; shift\nexec chroot "$root" "$@"\n')
+    cmd = [*enter, "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
            "sh", "-c", script, "chroot_run", str(root), *argv]
     full_env = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive",
                 "TERM": "dumb"}
@@ -188,7 +215,8 @@ def chroot_run(root, argv, timeout: float = 600, *, mounts=("proc",), binds: dic
     out = open(logfile, "a") if logfile is not None else None  # noqa: SIM115 (closed below)
     try:
         if out is not None:
-            out.write(f"\n$ chroot {root} {shlex.join(argv)}   (mounts {list(mounts)}, binds {binds or {}})\n")
+            out.write(f"\n$ chroot {root} {shlex.join(argv)}   (mounts {list(mounts)}, binds {binds or {}}, "
+                      f"ro_binds {ro_binds or {}})\n")
             out.flush()
         proc = subprocess.Popen(cmd, env=full_env, text=True, start_new_session=True, preexec_fn=_die_with_parent,
                                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -417,6 +445,258 @@ def kernel_release(root: Path) -> str:
     if len(kernels) != 1:
         raise HarnessError(f"expected one kernel in {root}/boot, found {kernels}")
     return kernels[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Block-device roots: the root on a real file system on a loop device
+# --------------------------------------------------------------------------------------------
+
+ROOT_UUID = "5eed0000-e71a-4f00-8000-00000000f001"  # fixed, so the generated files are predictable
+ESP_UUIDS = {"vfat": "5EED-E5B0", "ext4": "5eed0000-e71a-4f00-8000-00000000e5b0"}
+# ext4 features GRUB 2.06 (bookworm) cannot read: turned off, whatever this machine's mke2fs.conf says
+EXT4_OFF = "^metadata_csum_seed,^large_dir"
+# The names the loop devices have in the root (and in its mountinfo): a virtio disk's, not
+# /dev/loopN, which grub-mkconfig treats as a loop-mounted file (it writes `loopback loopN <file>`
+# lines with this machine's path, and only for loop0-loop9).
+ROOT_DISK, ESP_DISK = "vda", "vdb"
+
+
+@dataclass
+class BlockRoot:
+    """A root mounted from an ext4 image on a loop device, in a mount namespace of its own.
+
+    ``path`` is where this process reads and writes its files (``/proc/<holder>/root/<mountpoint>``:
+    the mount is visible only through the namespace's holder process, never on this machine);
+    ``run(argv, ...)`` runs a command in it: ``chroot_run`` with proc, sys and a private /dev that
+    holds the disks (``/dev/vda`` the root, ``/dev/vdb`` the ESP) and their ``/dev/disk/by-uuid``
+    links. Made by ``block_root``.
+    """
+    mountpoint: Path
+    image: Path
+    holder: subprocess.Popen
+    loops: dict = field(default_factory=dict)  # name in the root ("vda") -> this machine's loop device
+    uuid: str = ROOT_UUID
+    esp: str | None = None
+    esp_image: Path | None = None
+    esp_fs: str = ""
+    esp_uuid: str = ""
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(f"/proc/{self.holder.pid}/root") / str(self.mountpoint).lstrip("/")
+
+    def devices(self) -> list:
+        """(name in the root, "major:minor", file system UUID) of the disks, for the private /dev."""
+        uuids = {ROOT_DISK: self.uuid, ESP_DISK: self.esp_uuid}
+        return [(name, _sysfs_dev(loop), uuids[name]) for name, loop in self.loops.items()]
+
+    def run(self, argv, timeout: float = 600, *, mounts=("proc", "sys", "dev"), **kw) -> subprocess.CompletedProcess:
+        return chroot_run(self, argv, timeout, mounts=mounts, **kw)
+
+
+def _sysfs_dev(loop: str) -> str:
+    return Path(f"/sys/class/block/{loop.removeprefix('/dev/')}/dev").read_text().strip()
+
+
+def vfat_available() -> bool:
+    """Whether this machine's kernel can mount vfat (built in, or a module it can load)."""
+    if any(line.split()[-1] == "vfat" for line in Path("/proc/filesystems").read_text().splitlines() if line.split()):
+        return True
+    modprobe = shutil.which("modprobe") or shutil.which("modprobe", path="/usr/sbin:/sbin")
+    return modprobe is not None and subprocess.run([modprobe, "-n", "-q", "vfat"], check=False, capture_output=True).returncode == 0
+
+
+BLOCK_TOOLS = {"losetup": "mount", "nsenter": "util-linux", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools"}
+
+
+def missing_block_tools(esp_fs: str = "ext4") -> list:
+    """Debian packages to install for ``block_root`` (``./dev.sh realroot`` installs them)."""
+    need = [t for t in BLOCK_TOOLS if t != "mkfs.vfat" or esp_fs == "vfat"]
+    return sorted({BLOCK_TOOLS[t] for t in need if shutil.which(t) is None and shutil.which(t, path="/usr/sbin:/sbin") is None})
+
+
+def _apparent_size(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def _loop_backing(device: str) -> str | None:
+    """The file a loop device is attached to (None: detached)."""
+    try:
+        return Path(f"/sys/class/block/{device.removeprefix('/dev/')}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def _holder_script(work: Path, disks: list) -> str:
+    """The holder's shell: attach the images, mount them through a private /dev in which they
+    are /dev/vda and /dev/vdb, hand the loop devices to the kernel's autoclear, wait.
+    ``disks``: (name in /dev, image, mount point)."""
+    q = shlex.quote
+    hdev = q(str(work / "dev"))
+    names = [disk[0] for disk in disks]
+    lines = ["set -e"]
+    for name, image, _target in disks:
+        lines += [f"{name}=$(losetup -f --show {q(str(image))})", f'echo "attached {name} ${name}"']
+    lines += [f"mkdir -p {hdev}", f"mount -t tmpfs -o mode=0755,size=64k,nosuid holderdev {hdev}"]
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        lines += [f": > {hdev}/{node}", f"mount --bind /dev/{node} {hdev}/{node}"]
+    for name in names:
+        lines.append(f"mknod -m 0660 {hdev}/{name} b $(tr : ' ' < /sys/class/block/${{{name}#/dev/}}/dev)")
+    lines.append(f"mount --move {hdev} /dev")  # this namespace's /dev only
+    for name, _image, target in disks:
+        lines += [f"mkdir -p {q(str(target))}", f"mount /dev/{name} {q(str(target))}"]
+    # busy devices: LOOP_CLR_FD only sets autoclear, the kernel detaches them once unmounted
+    lines += [f"losetup -d {' '.join('/dev/' + name for name in names)}", "echo ready", "exec cat >/dev/null"]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def block_root(source: Path, work: Path, *, esp: str | None = None, esp_fs: str = "auto", esp_mb: int = 256,
+               free_mb: int = 512, timeout: float = 120):
+    """A ``BlockRoot``: ``source`` (a root directory, e.g. ``ensure_root(flavour)``: it is only read)
+    put on a file system on a block device, as grub-probe, bootctl and kernel-install need.
+
+    1. ``mkfs.ext4 -d <source>`` makes ``<work>/root.img`` (sparse: the content plus ``free_mb``
+       MiB; UUID ``ROOT_UUID``); no copy of the directory is needed. With ``esp``
+       (``"/boot/efi"``) also ``<work>/esp.img`` (``esp_mb`` MiB, sparse): vfat when this kernel can
+       mount vfat, else ext4 (``esp_fs="auto"``; ``"vfat"``/``"ext4"`` force one); UUID in ``ESP_UUIDS``.
+    2. A holder process (``unshare --mount --propagation private --pid --fork --kill-child``)
+       attaches them to loop devices, gives its namespace a private /dev in which they are
+       ``/dev/vda`` and ``/dev/vdb``, mounts them on ``<work>/mnt`` (and ``<work>/mnt<esp>``),
+       calls ``losetup -d`` (on a mounted device that only sets the autoclear flag: the kernel
+       detaches the device when its file system is unmounted) and waits. Nothing is mounted on
+       this machine.
+    3. Commands run through ``BlockRoot.run`` (``nsenter`` into that namespace, then the usual
+       private namespace of ``chroot_run``, whose /dev also holds the disks and their
+       ``/dev/disk/by-uuid`` links); this process reads and writes the files at ``BlockRoot.path``.
+
+    On leaving (also after an error or a timeout inside) the holder is killed: the namespace
+    ends, its mounts go, the loop devices detach themselves. That is checked: a loop device still
+    attached to one of our images after 10 s (the holder died between attaching and mounting,
+    or something keeps the file system open) is detached with ``losetup -d``, and one that stays
+    is an error. If this process is killed, the holder gets SIGKILL (``PR_SET_PDEATHSIG``) and
+    the same happens (only a kill between attaching and mounting, a few milliseconds, leaves a
+    device attached). The images are deleted unless ``$VFIO_TEST_REALROOT_KEEP`` is set.
+    """
+    source, work = Path(source), Path(work)
+    if not (source / "usr").is_dir():
+        raise HarnessError(f"{source} is not a root file system")
+    if esp_fs == "auto":
+        esp_fs = "vfat" if vfat_available() else "ext4"
+    if esp and esp_fs not in ESP_UUIDS:
+        raise ValueError(f"esp_fs {esp_fs!r}: auto, vfat or ext4")
+    missing = missing_block_tools(esp_fs if esp else "ext4")
+    if missing:
+        raise HarnessError(f"block roots need the Debian packages {missing}: apt-get install -y {' '.join(missing)}")
+    work.mkdir(parents=True, exist_ok=True)
+    image, esp_image, mnt = work / "root.img", work / "esp.img", work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    br = None
+    images = [image] + ([esp_image] if esp else [])
+    try:
+        t0 = time.monotonic()
+        with open(image, "wb") as f:  # sparse: only what mkfs writes takes room
+            f.truncate(int(_apparent_size(source) * 1.15) + (free_mb << 20))
+        _quiet(["mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, "-L", "root", "-O", EXT4_OFF, "-d", str(source), str(image)])
+        t1 = time.monotonic()
+        disks = [(ROOT_DISK, image, mnt)]
+        if esp:
+            esp_image.unlink(missing_ok=True)
+            if esp_fs == "vfat":
+                _quiet(["mkfs.vfat", "-C", "-F", "32", "-n", "ESP", "-i", ESP_UUIDS["vfat"].replace("-", ""),
+                        str(esp_image), str(esp_mb << 10)])
+            else:
+                with open(esp_image, "wb") as f:
+                    f.truncate(esp_mb << 20)
+                _quiet(["mkfs.ext4", "-q", "-F", "-U", ESP_UUIDS["ext4"], "-L", "ESP", "-O", EXT4_OFF, str(esp_image)])
+            disks.append((ESP_DISK, esp_image, mnt / esp.lstrip("/")))
+        t2 = time.monotonic()
+        holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                                   "sh", "-c", _holder_script(work, disks)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=_die_with_parent)
+        br = BlockRoot(mountpoint=mnt, image=image, holder=holder, esp=esp, esp_image=esp_image if esp else None,
+                       esp_fs=esp_fs if esp else "", esp_uuid=ESP_UUIDS[esp_fs] if esp else "")
+        for line in _read_until_ready(holder, timeout):
+            words = line.split()
+            if len(words) == 3 and words[0] == "attached":
+                br.loops[words[1]] = words[2]
+        br.timings = {"mkfs.ext4": round(t1 - t0, 2), "mkfs esp": round(t2 - t1, 2), "mount": round(time.monotonic() - t2, 2)}
+        yield br
+    finally:
+        t3 = time.monotonic()
+        if br is not None:
+            _end_block_root(br)
+            br.timings["teardown"] = round(time.monotonic() - t3, 2)
+        if not os.environ.get("VFIO_TEST_REALROOT_KEEP"):
+            for path in images:
+                path.unlink(missing_ok=True)
+            for path in (mnt, work / "dev"):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+def _quiet(argv) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, preexec_fn=_die_with_parent)
+    if proc.returncode != 0:
+        raise HarnessError(f"{shlex.join(argv)} failed (rc {proc.returncode}): {proc.stdout}{proc.stderr}")
+
+
+def _read_until_ready(holder: subprocess.Popen, timeout: float) -> list:
+    """The holder's output lines up to "ready"; HarnessError with them when it fails or hangs."""
+    import selectors  # pylint: disable=import-outside-toplevel
+
+    data, deadline = b"", time.monotonic() + timeout
+    fd = holder.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline and b"ready\n" not in data:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    text = data.decode(errors="replace")
+    if "ready\n" in text:
+        return text.split("ready\n")[0].splitlines()
+    raise HarnessError("block root: mounting failed or timed out:\n" + text)
+
+
+def _end_block_root(br: BlockRoot) -> None:
+    """Kill the holder (its namespace and mounts end with it) and make sure our loop devices are gone."""
+    with contextlib.suppress(OSError):
+        br.holder.stdin.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(br.holder.pid, signal.SIGKILL)
+    br.holder.wait()
+    with contextlib.suppress(OSError):
+        br.holder.stdout.close()
+    mine = {str(p.resolve()) for p in (br.image, br.esp_image) if p is not None}
+    left = loop_devices_of(mine)
+    deadline = time.monotonic() + 10  # the kernel detaches autoclear devices asynchronously
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = loop_devices_of(mine)
+    for dev in left:  # still attached: something kept the file system open
+        log(f"block root: {dev} still attached to {_loop_backing(dev)} 10 s after its namespace ended; losetup -d")
+        subprocess.run(["losetup", "-d", dev], check=False)
+    left = loop_devices_of(mine)
+    if left:
+        raise HarnessError(f"block root: loop devices {left} are still attached to {sorted(mine)}")
+
+
+def loop_devices_of(files) -> list:
+    """The loop devices attached to any of these files (paths as the kernel reports them)."""
+    files = {str(f) for f in files}
+    out = []
+    for entry in sorted(Path("/sys/class/block").glob("loop*")):
+        backing = _loop_backing(entry.name)
+        if backing is not None and backing.removesuffix(" (deleted)") in files:
+            out.append(f"/dev/{entry.name}")
+    return out
 
 
 def cache_size(cache_root: Path = CACHE_ROOT) -> dict:
