@@ -67,8 +67,11 @@ def detect_bootloader(fs, efi_entry=None) -> dict:
                          f"{e}/EFI/BOOT/refind.conf", "boot/refind_linux.conf"])
     if refind:
         add("refind", refind)
-    limine = _first(fs, ["boot/limine.conf", "boot/limine/limine.conf", f"{e}/limine.conf",
-                         f"{e}/EFI/limine/limine.conf", f"{e}/EFI/BOOT/limine.conf", "boot/limine.cfg",
+    # limine's own search order (limine.conf at the ESP root, limine/, boot/, boot/limine/, EFI/BOOT/), plus
+    # archinstall's EFI/arch-limine/ and the v7 limine.cfg
+    limine = _first(fs, ["boot/limine.conf", "boot/limine/limine.conf", f"{e}/limine.conf", f"{e}/limine/limine.conf",
+                         f"{e}/boot/limine/limine.conf", f"{e}/EFI/limine/limine.conf", f"{e}/EFI/arch-limine/limine.conf",
+                         f"{e}/EFI/BOOT/limine.conf", "boot/limine.cfg", f"{e}/limine.cfg",
                          "etc/limine-entry-tool.conf", "etc/default/limine"])
     if limine:
         add("limine", limine)

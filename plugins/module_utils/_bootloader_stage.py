@@ -99,9 +99,27 @@ def with_previous(entries: list, state: dict) -> list:
     return out
 
 
+def managed(module, before: dict, entries: list, ctx: dict, state: dict) -> list:
+    """The present entries this stage puts on the command line: the ones the files lack before this
+    run (planning the entry alone writes more than planning no entry, which may already create a file
+    such as /etc/kernel/cmdline), plus those an earlier run added. A parameter the user already had is
+    not ours: a later run that no longer wants it must leave it alone."""
+    earlier = {kp.norm(p["name"]) for p in state.get("params") or [] if isinstance(p, dict) and isinstance(p.get("name"), str)}
+
+    def files_of(todo):
+        try:
+            return module.plan(before, todo, ctx).get("files") or {}
+        except ValueError:
+            return None
+
+    baseline = files_of([])
+    return [e for e in entries if e["state"] == "present"
+            and (kp.norm(e["name"]) in earlier or baseline is None or files_of([e]) != baseline)]
+
+
 def _state_content(name: str, entries: list, old: dict) -> str:
-    """The parameters this stage put on the command line: the ones it added, plus those it found
-    already there and still manages from an earlier run."""
+    """The parameters this stage put on the command line (``managed``: the ones it added, plus
+    those it found already there and still manages from an earlier run)."""
     params = [{"name": e["name"], "value": e.get("value")} for e in entries if e["state"] == "present"]
     return json.dumps({"version": 1, "bootloader": name, "params": params}, indent=2, sort_keys=True) + "\n" if params or old else ""
 
@@ -169,7 +187,7 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
     if plan.get("errors"):
         raise StageError("; ".join(plan["errors"]), result)
     files = dict(plan.get("files") or {})
-    state_text = _state_content(ctx["bootloader"], wanted, state)
+    state_text = _state_content(ctx["bootloader"], managed(module, before, wanted, ctx, state), state)
     if state_text and state_text != config.read_text(root, STATE_FILE):
         files[STATE_FILE] = {"content": state_text, "mode": 0o644}
     journal = Journal(root)
@@ -179,14 +197,22 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
         except JournalError as exc:
             raise StageError(str(exc), result) from exc
     written = {}
-    for path, spec in sorted(files.items()):
-        prior = config.read_text(root, path)
-        res = (journal.remove_file(STAGE, path, check_mode=check_mode) if spec is None else
-               journal.write_file(STAGE, path, spec["content"].encode("utf-8", "surrogateescape"), mode=spec.get("mode"),
-                                  check_mode=check_mode))
-        if res["changed"]:
-            written[path] = prior
-        result["files"].append(res)
+    try:
+        for path, spec in sorted(files.items()):
+            prior = config.read_text(root, path)
+            res = (journal.remove_file(STAGE, path, check_mode=check_mode) if spec is None else
+                   journal.write_file(STAGE, path, spec["content"].encode("utf-8", "surrogateescape"), mode=spec.get("mode"),
+                                      check_mode=check_mode))
+            if res["changed"]:
+                written[path] = prior
+            result["files"].append(res)
+    except (JournalError, OSError) as exc:
+        # a file that cannot be written (immutable, a read-only mount the preflight did not see): the files
+        # written before it go back, nothing is left half-done
+        _rollback(root, written, [], run)
+        result["changed"], result["files"] = False, []
+        raise StageError(f"{exc}. " + ("The files written before it were put back" if written else "Nothing was changed"),
+                         result) from exc
     result["changed"] = any(f["changed"] for f in result["files"])
     commands = plan.get("commands") or []
     result["commands"] = [" ".join(c) for c in commands]

@@ -160,6 +160,7 @@ def _inventory(path: Path, hosts: dict, roots: dict) -> Path:
     inv = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": str(VENV_BIN / "python"),
                             "vfio_take_over_vfio_config": True,
                             "vfio_initramfs": False,  # the binding stage alone (test_initramfs.py covers the next one)
+                            "vfio_bootloader_stage": False,  # and test_bootloader.py the one after
                             "vfio_plugin_default_dirs": False},
                    "hosts": {h: dict(spec.get("vars") or {}, vfio_root=str(roots[h]), vfio_devices=spec["devices"])
                              for h, spec in hosts.items()}}}

@@ -142,8 +142,11 @@ def test_check_mode_predicts_the_changes_and_changes_nothing(tmp_path):
     proc = run_playbook(tmp_path, "playbooks/vfio.yml", "--check", "--diff", inventory=lab / "inventory.yml")
     counts = recap(proc.stdout)
     assert sorted(h for h, c in counts.items() if c["failed"]) == sorted(REFUSED), proc.stdout[-3000:]
-    assert counts["desktop-intel-turing"]["changed"] == 2  # the binding stage and the initramfs configuration
+    assert counts["desktop-intel-turing"]["changed"] == 3  # the binding stage, the initramfs and the bootloader configuration
     assert "+options vfio-pci ids=" in proc.stdout and "/etc/modprobe.d/exliar-vfio.conf" in proc.stdout
+    # the bootloader stage's diff (grubby/BLS entries on this Fedora host) and its prediction in the summary
+    assert "/boot/loader/entries/" in proc.stdout and "+options " in proc.stdout
+    assert "next boot: root=UUID=3b5b0e8a-9a4c-4d62-9c1e-8b8e5f0c2a71 ro rootflags=subvol=root rhgb quiet intel_iommu=on" in proc.stdout
     assert _tree(lab / ".sysroots") == before
 
 

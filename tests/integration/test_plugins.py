@@ -358,7 +358,7 @@ def test_binding_hooks_run_per_device_and_plugin_records_reach_the_journal(sysro
              "vfio_plugins": {"recorder": {"config": {"log": str(log)}}}, "vfio_root": str(root),
              "vfio_devices": ["0000:0a:00.0"], "vfio_take_over_vfio_config": True}
     first = run_lab(base, [host], extra)
-    assert recap(first.stdout)[host]["changed"] == 2, first.stdout[-3000:]  # binding + initramfs configuration
+    assert recap(first.stdout)[host]["changed"] == 3, first.stdout[-3000:]  # binding, initramfs and bootloader configuration
     second = run_lab(base, [host], extra)
     assert recap(second.stdout)[host] == dict(recap(second.stdout)[host], changed=0, failed=0)
     entries = [json.loads(line) for line in log.read_text().splitlines()]

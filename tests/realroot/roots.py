@@ -2,9 +2,11 @@
 
 A *root* is a directory holding an installed Debian 12 (bookworm) system: made by ``debootstrap``
 from the Debian archive this machine's apt uses, with a real kernel package and a real initramfs
-generator (or, later, a real bootloader) installed by ``apt-get`` inside it. Tests never touch
-the cached root: each gets a fresh copy (``fresh_copy``) and runs the tools in it through
-``chroot_run``.
+generator or bootloader installed by ``apt-get`` inside it. Tests never touch the cached root:
+each gets a fresh copy (``fresh_copy``) and runs the tools in it through ``chroot_run``, or, for
+the bootloaders, whose tools need the root on a disk, a *block root* (``block_root``: the root
+written into an ext4 image on a loop device, with an ESP image on a second one, mounted only
+inside a mount namespace of its own).
 
 The cache (``<repo>/.cache/realroot/``, or ``$VFIO_TEST_REALROOT_CACHE``) has two layers, each an
 entry ``<content hash>/`` with ``rootfs/``, ``info.json`` and ``build.log``:
@@ -26,7 +28,7 @@ complete; a failed build is deleted (its log goes to ``tests/output/realroot/``)
 never holds a half-made root. Downloaded packages are kept in ``.cache/realroot/debs/``.
 
 Adding a flavour is one line in ``FLAVOURS``. See docs/testing.md ("Real-root tier").
-Needs root (debootstrap, chroot, mount namespaces).
+Needs root (debootstrap, chroot, mount namespaces, loop devices).
 """
 from __future__ import annotations
 
@@ -674,7 +676,7 @@ def _end_block_root(br: BlockRoot) -> None:
     br.holder.wait()
     with contextlib.suppress(OSError):
         br.holder.stdout.close()
-    mine = {str(p.resolve()) for p in (br.image, br.esp_image) if p is not None}
+    mine = [p for p in (br.image, br.esp_image) if p is not None]
     left = loop_devices_of(mine)
     deadline = time.monotonic() + 10  # the kernel detaches autoclear devices asynchronously
     while left and time.monotonic() < deadline:
@@ -685,12 +687,12 @@ def _end_block_root(br: BlockRoot) -> None:
         subprocess.run(["losetup", "-d", dev], check=False)
     left = loop_devices_of(mine)
     if left:
-        raise HarnessError(f"block root: loop devices {left} are still attached to {sorted(mine)}")
+        raise HarnessError(f"block root: loop devices {left} are still attached to {[str(p) for p in mine]}")
 
 
 def loop_devices_of(files) -> list:
-    """The loop devices attached to any of these files (paths as the kernel reports them)."""
-    files = {str(f) for f in files}
+    """The loop devices attached to any of these files (from /sys/class/block/loop*/loop/backing_file)."""
+    files = {str(Path(f).resolve()) for f in files}
     out = []
     for entry in sorted(Path("/sys/class/block").glob("loop*")):
         backing = _loop_backing(entry.name)

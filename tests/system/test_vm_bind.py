@@ -154,6 +154,8 @@ class Scenario:
 
     def play(self, name: str, playbook: str, *args: str, **extra_vars) -> Step:
         cmd = [playbook, *args]
+        if playbook.endswith("vfio.yml"):  # the binding stage and the initramfs it needs; test_vm_reboot.py adds the bootloader
+            extra_vars.setdefault("vfio_bootloader_stage", False)
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
         t0 = time.monotonic()

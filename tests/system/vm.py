@@ -16,6 +16,9 @@ Two parts:
 Everything runs under TCG (no KVM needed) on q35 with ``intel-iommu``; the guest kernel line
 carries ``no_timer_check`` (the IO-APIC timer check can fail under slow TCG) and QEMU runs with
 ``-no-reboot`` (a guest reboot ends QEMU; start a new ``VM`` instead of a slow warm reset).
+``VM(..., reboot=True)`` leaves ``-no-reboot`` out for the tests that reboot the guest on purpose:
+a reboot is then a warm reset of the same QEMU (same disk overlay, UEFI variables, SSH port
+forward and serial log); ``serial_boots()`` splits the serial log at the boot boundaries.
 Root is needed (debootstrap). See docs/testing-system.md.
 """
 from __future__ import annotations
@@ -452,20 +455,68 @@ MILESTONES = (  # serial-log markers of the boot phases, for timings and debuggi
     ("sshd started", "Started ssh.service"),
 )
 ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
+RESET_MARKER = "reboot: Restarting system"   # the kernel's last line before a warm reset
+
+
+class BootSplitter:
+    """Tells where a new boot starts in the serial log of a QEMU that was reset (``VM(reboot=True)``).
+
+    A boot ends with the kernel's ``reboot: Restarting system``; the next line belongs to the
+    next boot. A reset without that line (QMP ``system_reset``, a triple fault) is caught when
+    the firmware's ``BdsDxe: starting`` comes again after a kernel had started."""
+
+    def __init__(self):
+        self.boot = 1
+        self._reset_seen = False
+        self._kernel_seen = False
+
+    def feed(self, line: str) -> bool:
+        """Feed one line (without ANSI sequences); True when it is the first line of a new boot."""
+        new = self._reset_seen or (self._kernel_seen and MILESTONES[0][1] in line)
+        if new:
+            self.boot += 1
+            self._reset_seen = self._kernel_seen = False
+        if RESET_MARKER in line:
+            self._reset_seen = True
+        if MILESTONES[1][1] in line:
+            self._kernel_seen = True
+        return new
+
+
+def split_boots(text: str) -> list:
+    """The serial log's lines (ANSI sequences removed), one list per boot."""
+    splitter = BootSplitter()
+    boots: list = [[]]
+    for raw in text.splitlines():
+        line = ANSI.sub("", raw).rstrip("\r")
+        if splitter.feed(line):
+            boots.append([])
+        boots[-1].append(line)
+    return boots
 
 
 class SerialTimer(threading.Thread):
     """Follows the serial log and writes each line with the host's seconds since QEMU started to
-    serial.timed.log; records when each boot milestone appeared."""
+    serial.timed.log; records when each boot milestone appeared.
+
+    After a warm reset (``VM(reboot=True)``) a marker line is written to serial.timed.log and the
+    milestones of the new boot are recorded separately: ``boots`` holds one entry per boot
+    (``start``: seconds after QEMU start, ``line``: its first line in serial.log, ``milestones``);
+    ``milestones`` is the latest boot's."""
 
     def __init__(self, src: Path, dest: Path, start: float):
         super().__init__(daemon=True)
         self.src, self.dest, self.start_time = src, dest, start
-        self.milestones: dict = {}
+        self.boots: list = [{"start": 0.0, "line": 1, "milestones": {}}]
         self.stop_event = threading.Event()
 
+    @property
+    def milestones(self) -> dict:
+        return self.boots[-1]["milestones"]
+
     def run(self) -> None:
-        pos, partial = 0, b""
+        pos, partial, lineno = 0, b"", 0
+        splitter = BootSplitter()
         with open(self.dest, "w") as out:
             while True:
                 stopping = self.stop_event.is_set()
@@ -481,6 +532,11 @@ class SerialTimer(threading.Thread):
                 now = time.monotonic() - self.start_time
                 for raw in lines:
                     line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
+                    lineno += 1
+                    if splitter.feed(line):
+                        self.boots.append({"start": round(now, 1), "line": lineno, "milestones": {}})
+                        out.write(f"{now:7.1f} ===== [harness] boot {splitter.boot} starts here "
+                                  f"(the guest reset; serial.log line {lineno}) =====\n")
                     out.write(f"{now:7.1f} {line}\n")
                     for name, marker in MILESTONES:
                         if name not in self.milestones and marker in line:
@@ -495,12 +551,14 @@ class VM:
     """One boot of the guest image in a layout. Use as a context manager; it always stops QEMU.
 
     ``timeout`` bounds QEMU's whole life (it runs under coreutils ``timeout``), ``boot_timeout``
-    the wait for SSH.
+    the wait for SSH. With ``reboot=True`` QEMU runs without ``-no-reboot``: a reboot in the guest
+    is a warm reset of the same QEMU (same overlay, UEFI variables, port forward, serial log)
+    instead of the end of it; ``boots()`` and ``serial_boots()`` tell the boots apart.
     """
 
     def __init__(self, image: GuestImage, layout: str | dict, *, name: str | None = None,
                  timeout: float = 1800, boot_timeout: float = 600, memory_mib: int = 1536,
-                 direct_disk: bool = False):
+                 direct_disk: bool = False, reboot: bool = False):
         self.image = image
         self.layout = load_layout(layout) if isinstance(layout, str) else layout
         self.name = name or self.layout["name"]
@@ -508,6 +566,7 @@ class VM:
         self.boot_timeout = boot_timeout
         self.memory_mib = int(self.layout.get("memory_mib", memory_mib))
         self.direct_disk = direct_disk
+        self.reboot = reboot
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.rundir = Path(tempfile.mkdtemp(prefix=f"vfio-vm-{self.name}-"))
@@ -543,7 +602,7 @@ class VM:
         cmd += [
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.rundir / 'vars.fd'}",
-            "-display", "none", "-vga", "none", "-no-reboot",
+            "-display", "none", "-vga", "none", *([] if self.reboot else ["-no-reboot"]),
             "-serial", f"file:{self.serial_log}",
             "-qmp", f"unix:{self.qmp_sock},server=on,wait=off",
             "-drive", f"if=none,id=disk0,file={disk},format={disk_fmt},cache=unsafe,discard=unmap",
@@ -638,16 +697,28 @@ class VM:
             if src.exists():
                 shutil.copyfile(src, dest / name)
         notes = [f"reason: {reason}"] if reason else []
-        notes += [f"boot milestones (s after QEMU start): {self.milestones()}"]
+        boots = self.boots()
+        if len(boots) <= 1:
+            notes += [f"boot milestones (s after QEMU start): {self.milestones()}"]
+        for n, boot in enumerate(boots if len(boots) > 1 else [], 1):
+            notes += [f"boot {n}: serial.log from line {boot['line']}, {boot['start']} s after QEMU start; "
+                      f"milestones (s after QEMU start): {boot['milestones']}"]
         (dest / "notes.txt").write_text("\n".join(notes + self._notes) + "\n")
-        if self.kept is None:
+        if self.kept != dest:
             log(f"{self.name}: serial log and QEMU output kept in {dest}")
         self.kept = dest
         return dest
 
     def milestones(self) -> dict:
-        """Boot phase -> seconds after QEMU start at which its serial-log marker appeared."""
+        """Boot phase -> seconds after QEMU start at which its serial-log marker appeared (the latest boot)."""
         return dict(self.timer.milestones) if self.timer is not None else {}
+
+    def boots(self) -> list:
+        """One entry per boot seen on the serial console so far (more than one after a warm reset):
+        ``start`` (s after QEMU start), ``line`` (its first line in serial.log), ``milestones``."""
+        if self.timer is None:
+            return []
+        return [dict(b, milestones=dict(b["milestones"])) for b in self.timer.boots]
 
     def note(self, text: str) -> None:
         self._notes.append(text)
@@ -711,6 +782,10 @@ class VM:
             return self.serial_log.read_bytes().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def serial_boots(self) -> list:
+        """The serial log split at the boot boundaries: one list of lines per boot (see ``BootSplitter``)."""
+        return split_boots(self.serial_text())
 
     def serial_tail(self, lines: int = 30) -> str:
         return "\n".join(self.serial_text().splitlines()[-lines:])
