@@ -21,7 +21,7 @@ import yaml
 LAB_DIR = Path(__file__).resolve().parent
 PROFILE_DIR = LAB_DIR / "profiles"
 DEFAULT_OUT = LAB_DIR / ".sysroots"
-BUILDER_VERSION = "4"  # bump when the layout changes: invalidates built sysroots
+BUILDER_VERSION = "5"  # bump when the layout changes: invalidates built sysroots
 
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")

@@ -134,14 +134,22 @@ def runnable(root: str, argv0: str, tools: set) -> bool:
     return os.access(os.path.join(root, "bin/sh"), os.X_OK) and argv0 in tools
 
 
+def _cannot_run(root: str, commands: list, ctx: dict):
+    """Why the bootloader's tools cannot run in ``root``, or None."""
+    missing = [c[0] for c in commands if not runnable(root, c[0], ctx["tools"])]
+    if not missing:
+        return None
+    where = "this system" if ctx["live"] else f"{root} (not the running system, nor a chroot with it installed)"
+    return f"{', '.join(missing)} cannot run in {where}"
+
+
 def _commands(root: str, commands: list, ctx: dict, run) -> tuple:
     """Run the bootloader's tools: (ran, failure message or None, reason they could not run or None)."""
     if not commands:
         return False, None, None
-    missing = [c[0] for c in commands if not runnable(root, c[0], ctx["tools"])]
-    if missing:
-        where = "this system" if ctx["live"] else f"{root} (not the running system, nor a chroot with it installed)"
-        return False, None, f"{', '.join(missing)} cannot run in {where}"
+    cannot = _cannot_run(root, commands, ctx)
+    if cannot:
+        return False, None, cannot
     for argv in commands:
         rc, out, err = run(_in_root(root, argv))
         if rc != 0:
@@ -217,13 +225,17 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
     commands = plan.get("commands") or []
     result["commands"] = [" ".join(c) for c in commands]
     desired = [e for e in todo if e["state"] == "present"] + [e for e in todo if e["state"] == "absent"]
-    if check_mode:
-        nb = module.next_boot(before, ctx)
+    if check_mode:  # the same decisions as below, without writing or running anything
+        nb = module.next_boot({**before, **config.read_paths(root, module.outputs(ctx, before))}, ctx)
         current = nb.get("cmdline")
-        if result["changed"] or (current is not None and kp.missing(current, desired)):
+        stale = current is None or bool(kp.missing(current, desired))
+        cannot = _cannot_run(root, commands, ctx)
+        if cannot and (result["changed"] or stale):
+            result["not_regenerated"] = cannot
+        elif commands and stale:
             result["changed"] = True
-            nb["cmdline"] = kp.edit(current or "", desired) if current is not None else None
-            nb["predicted"] = True
+        if current is not None and kp.missing(current, desired):
+            nb["cmdline"], nb["predicted"] = kp.edit(current, desired), True
         return _finish(result, nb, ctx)
     nb = _read_back(root, module, ctx)
     stale = nb.get("cmdline") is None or bool(kp.missing(nb["cmdline"], desired))

@@ -38,6 +38,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -281,16 +282,25 @@ def _digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_SOURCES: dict = {}  # filled at the end of the module
+
+
+def _source(fn) -> str:
+    """A build function's source as this session loaded it. Read once, at import: inspect reads the
+    file again on every call, so an edit of roots.py during a session would give other hashes
+    (a spurious rebuild of the base and every flavour)."""
+    return _SOURCES.get(fn.__name__) or inspect.getsource(fn)
+
+
 def base_recipe() -> dict:
     return {"layer": "base", "suite": SUITE, "variant": "minbase", "include": sorted(BASE_PACKAGES),
-            "steps": inspect.getsource(_build_base) + inspect.getsource(_ns_run)}
+            "steps": _source(_build_base) + _source(_ns_run)}
 
 
 def flavour_recipe(flavour: Flavour) -> dict:
     return {"layer": "flavour", "base": _digest(base_recipe()), "kernel": KERNEL_PACKAGE,
             "packages": sorted(flavour.packages), "files": flavour.files, "debconf": flavour.debconf,
-            "steps": inspect.getsource(_build_flavour) + inspect.getsource(_mount_script)
-            + inspect.getsource(chroot_run)}
+            "steps": _source(_build_flavour) + _source(_mount_script) + _source(chroot_run)}
 
 
 def _flavour(flavour) -> tuple:
@@ -523,34 +533,23 @@ def _apparent_size(path: Path) -> int:
     return int(out.split()[0])
 
 
-def _loop_backing(device: str) -> str | None:
-    """The file a loop device is attached to (None: detached)."""
-    try:
-        return Path(f"/sys/class/block/{device.removeprefix('/dev/')}/loop/backing_file").read_text().strip()
-    except OSError:
-        return None
-
-
 def _holder_script(work: Path, disks: list) -> str:
-    """The holder's shell: attach the images, mount them through a private /dev in which they
-    are /dev/vda and /dev/vdb, hand the loop devices to the kernel's autoclear, wait.
-    ``disks``: (name in /dev, image, mount point)."""
+    """The holder's shell: mount the attached loop devices through a private /dev in which they are
+    /dev/vda and /dev/vdb, hand them to the kernel's autoclear, wait.
+    ``disks``: (name in /dev, "major:minor", mount point)."""
     q = shlex.quote
     hdev = q(str(work / "dev"))
-    names = [disk[0] for disk in disks]
-    lines = ["set -e"]
-    for name, image, _target in disks:
-        lines += [f"{name}=$(losetup -f --show {q(str(image))})", f'echo "attached {name} ${name}"']
-    lines += [f"mkdir -p {hdev}", f"mount -t tmpfs -o mode=0755,size=64k,nosuid holderdev {hdev}"]
+    lines = ["set -e", f"mkdir -p {hdev}", f"mount -t tmpfs -o mode=0755,size=64k,nosuid holderdev {hdev}"]
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
         lines += [f": > {hdev}/{node}", f"mount --bind /dev/{node} {hdev}/{node}"]
-    for name in names:
-        lines.append(f"mknod -m 0660 {hdev}/{name} b $(tr : ' ' < /sys/class/block/${{{name}#/dev/}}/dev)")
+    for name, majmin, _target in disks:
+        major, minor = majmin.split(":")
+        lines.append(f"mknod -m 0660 {hdev}/{name} b {int(major)} {int(minor)}")
     lines.append(f"mount --move {hdev} /dev")  # this namespace's /dev only
-    for name, _image, target in disks:
+    for name, _majmin, target in disks:
         lines += [f"mkdir -p {q(str(target))}", f"mount /dev/{name} {q(str(target))}"]
     # busy devices: LOOP_CLR_FD only sets autoclear, the kernel detaches them once unmounted
-    lines += [f"losetup -d {' '.join('/dev/' + name for name in names)}", "echo ready", "exec cat >/dev/null"]
+    lines += [f"losetup -d {' '.join('/dev/' + disk[0] for disk in disks)}", "echo ready", "exec cat >/dev/null"]
     return "\n".join(lines)
 
 
@@ -564,23 +563,25 @@ def block_root(source: Path, work: Path, *, esp: str | None = None, esp_fs: str 
        MiB; UUID ``ROOT_UUID``); no copy of the directory is needed. With ``esp``
        (``"/boot/efi"``) also ``<work>/esp.img`` (``esp_mb`` MiB, sparse): vfat when this kernel can
        mount vfat, else ext4 (``esp_fs="auto"``; ``"vfat"``/``"ext4"`` force one); UUID in ``ESP_UUIDS``.
-    2. A holder process (``unshare --mount --propagation private --pid --fork --kill-child``)
-       attaches them to loop devices, gives its namespace a private /dev in which they are
-       ``/dev/vda`` and ``/dev/vdb``, mounts them on ``<work>/mnt`` (and ``<work>/mnt<esp>``),
-       calls ``losetup -d`` (on a mounted device that only sets the autoclear flag: the kernel
-       detaches the device when its file system is unmounted) and waits. Nothing is mounted on
-       this machine.
+    2. ``losetup -f --show`` attaches them here (in this machine's namespace, so that their
+       ``backing_file`` stays readable whatever becomes of the holder). A holder process
+       (``unshare --mount --propagation private --pid --fork --kill-child``) gives its namespace a
+       private /dev in which they are ``/dev/vda`` and ``/dev/vdb``, mounts them on ``<work>/mnt``
+       (and ``<work>/mnt<esp>``), calls ``losetup -d`` (on a mounted device that only sets the
+       autoclear flag: the kernel detaches the device when its file system is unmounted) and waits.
+       Nothing is mounted on this machine.
     3. Commands run through ``BlockRoot.run`` (``nsenter`` into that namespace, then the usual
        private namespace of ``chroot_run``, whose /dev also holds the disks and their
        ``/dev/disk/by-uuid`` links); this process reads and writes the files at ``BlockRoot.path``.
 
-    On leaving (also after an error or a timeout inside) the holder is killed: the namespace
-    ends, its mounts go, the loop devices detach themselves. That is checked: a loop device still
-    attached to one of our images after 10 s (the holder died between attaching and mounting,
-    or something keeps the file system open) is detached with ``losetup -d``, and one that stays
-    is an error. If this process is killed, the holder gets SIGKILL (``PR_SET_PDEATHSIG``) and
-    the same happens (only a kill between attaching and mounting, a few milliseconds, leaves a
-    device attached). The images are deleted unless ``$VFIO_TEST_REALROOT_KEEP`` is set.
+    On leaving (also after an error or a timeout inside, or when mounting failed) the holder is
+    killed: the namespace ends, its mounts go, the loop devices detach themselves. That is
+    checked: our devices still attached without autoclear (the holder failed or died before
+    mounting) are detached with ``losetup -d``; one still attached 10 s later (something keeps
+    its file system open) is a ``HarnessError``. If this process is killed, the holder gets
+    SIGKILL (``PR_SET_PDEATHSIG``) and the same happens, except in the instant between attaching
+    and the holder's ``losetup -d``: the next ``block_root`` detaches such devices
+    (``sweep_stale_loops``). The images are deleted unless ``$VFIO_TEST_REALROOT_KEEP`` is set.
     """
     source, work = Path(source), Path(work)
     if not (source / "usr").is_dir():
@@ -592,18 +593,19 @@ def block_root(source: Path, work: Path, *, esp: str | None = None, esp_fs: str 
     missing = missing_block_tools(esp_fs if esp else "ext4")
     if missing:
         raise HarnessError(f"block roots need the Debian packages {missing}: apt-get install -y {' '.join(missing)}")
+    sweep_stale_loops()
     work.mkdir(parents=True, exist_ok=True)
     image, esp_image, mnt = work / "root.img", work / "esp.img", work / "mnt"
     mnt.mkdir(exist_ok=True)
-    br = None
     images = [image] + ([esp_image] if esp else [])
+    holder, loops, timings = None, {}, {}
     try:
         t0 = time.monotonic()
         with open(image, "wb") as f:  # sparse: only what mkfs writes takes room
             f.truncate(int(_apparent_size(source) * 1.15) + (free_mb << 20))
         _quiet(["mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, "-L", "root", "-O", EXT4_OFF, "-d", str(source), str(image)])
         t1 = time.monotonic()
-        disks = [(ROOT_DISK, image, mnt)]
+        targets = {ROOT_DISK: (image, mnt)}
         if esp:
             esp_image.unlink(missing_ok=True)
             if esp_fs == "vfat":
@@ -613,31 +615,61 @@ def block_root(source: Path, work: Path, *, esp: str | None = None, esp_fs: str 
                 with open(esp_image, "wb") as f:
                     f.truncate(esp_mb << 20)
                 _quiet(["mkfs.ext4", "-q", "-F", "-U", ESP_UUIDS["ext4"], "-L", "ESP", "-O", EXT4_OFF, str(esp_image)])
-            disks.append((ESP_DISK, esp_image, mnt / esp.lstrip("/")))
+            targets[ESP_DISK] = (esp_image, mnt / esp.lstrip("/"))
         t2 = time.monotonic()
+        # attached here, in this machine's namespace: their backing_file stays readable (and
+        # so recognisable as ours) whatever becomes of the holder's namespace
+        for name, (img, _target) in targets.items():
+            loops[name] = _attach(img)
+        disks = [(name, _sysfs_dev(loops[name]), target) for name, (_img, target) in targets.items()]
         holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
                                    "sh", "-c", _holder_script(work, disks)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                   preexec_fn=_die_with_parent)
-        br = BlockRoot(mountpoint=mnt, image=image, holder=holder, esp=esp, esp_image=esp_image if esp else None,
-                       esp_fs=esp_fs if esp else "", esp_uuid=ESP_UUIDS[esp_fs] if esp else "")
-        for line in _read_until_ready(holder, timeout):
-            words = line.split()
-            if len(words) == 3 and words[0] == "attached":
-                br.loops[words[1]] = words[2]
-        br.timings = {"mkfs.ext4": round(t1 - t0, 2), "mkfs esp": round(t2 - t1, 2), "mount": round(time.monotonic() - t2, 2)}
+        _read_until_ready(holder, timeout)
+        timings = {"mkfs.ext4": round(t1 - t0, 2), "mkfs esp": round(t2 - t1, 2), "attach and mount": round(time.monotonic() - t2, 2)}
+        br = BlockRoot(mountpoint=mnt, image=image, holder=holder, loops=loops, esp=esp, esp_image=esp_image if esp else None,
+                       esp_fs=esp_fs if esp else "", esp_uuid=ESP_UUIDS[esp_fs] if esp else "", timings=timings)
         yield br
     finally:
         t3 = time.monotonic()
-        if br is not None:
-            _end_block_root(br)
-            br.timings["teardown"] = round(time.monotonic() - t3, 2)
+        _end_block_root(holder, loops, images)
+        timings["teardown"] = round(time.monotonic() - t3, 2)
         if not os.environ.get("VFIO_TEST_REALROOT_KEEP"):
             for path in images:
                 path.unlink(missing_ok=True)
             for path in (mnt, work / "dev"):
                 with contextlib.suppress(OSError):
                     path.rmdir()
+
+
+# a block root's image in the scratch directory of a test session: <scratch>/<test>/<flavour>-<n>/root.img,
+# the scratch directory being /dev/shm/exliar-realroot-<pid> (conftest.py)
+STALE_IMAGE = re.compile(r"/exliar-realroot-(?P<pid>\d+)/[^/]+/[^/]+/(?:root|esp)\.img(?: \(deleted\))?$")
+
+
+def sweep_stale_loops() -> list:
+    """Detach loop devices that a killed session attached and never handed to autoclear (it died in
+    the instant between attaching and mounting): backed by a block root image of a session whose
+    process is gone. Nothing else is touched."""
+    swept = []
+    for entry in sorted(Path("/sys/class/block").glob("loop*")):
+        m = STALE_IMAGE.search(_loop_attr(entry.name, "backing_file") or "")
+        if m and _loop_attr(entry.name, "autoclear") == "0" and not Path(f"/proc/{m.group('pid')}").exists():
+            subprocess.run(["losetup", "-d", f"/dev/{entry.name}"], check=False)
+            swept.append(f"/dev/{entry.name}")
+    if swept:
+        log(f"block root: detached {swept}, left attached by a killed session")
+    return swept
+
+
+def _attach(image: Path) -> str:
+    """``losetup -f --show``: the loop device now backed by image."""
+    proc = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=False)
+    device = proc.stdout.strip()
+    if proc.returncode != 0 or not device.startswith("/dev/loop"):
+        raise HarnessError(f"losetup -f --show {image} failed (rc {proc.returncode}): {proc.stdout}{proc.stderr}")
+    return device
 
 
 def _quiet(argv) -> None:
@@ -667,27 +699,38 @@ def _read_until_ready(holder: subprocess.Popen, timeout: float) -> list:
     raise HarnessError("block root: mounting failed or timed out:\n" + text)
 
 
-def _end_block_root(br: BlockRoot) -> None:
-    """Kill the holder (its namespace and mounts end with it) and make sure our loop devices are gone."""
-    with contextlib.suppress(OSError):
-        br.holder.stdin.close()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(br.holder.pid, signal.SIGKILL)
-    br.holder.wait()
-    with contextlib.suppress(OSError):
-        br.holder.stdout.close()
-    mine = [p for p in (br.image, br.esp_image) if p is not None]
-    left = loop_devices_of(mine)
-    deadline = time.monotonic() + 10  # the kernel detaches autoclear devices asynchronously
-    while left and time.monotonic() < deadline:
+def _end_block_root(holder, loops: dict, images: list) -> None:
+    """Kill the holder (its namespace and mounts end with it) and make sure our loop devices are gone:
+    the kernel detaches the ones handed to autoclear once unmounted; the others (the holder failed
+    or died before mounting) are detached here."""
+    if holder is not None:
+        with contextlib.suppress(OSError):
+            holder.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        with contextlib.suppress(OSError):
+            holder.stdout.close()
+    deadline = time.monotonic() + 10  # autoclear detaches asynchronously
+    while True:
+        left = [dev for dev in loop_devices_of(images) if dev in loops.values()]
+        never_handed_over = [dev for dev in left if _loop_attr(dev, "autoclear") != "1"]
+        for dev in never_handed_over:
+            subprocess.run(["losetup", "-d", dev], check=False)
+        if not left or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-        left = loop_devices_of(mine)
-    for dev in left:  # still attached: something kept the file system open
-        log(f"block root: {dev} still attached to {_loop_backing(dev)} 10 s after its namespace ended; losetup -d")
-        subprocess.run(["losetup", "-d", dev], check=False)
-    left = loop_devices_of(mine)
+    for dev in left:  # autoclear set, but the file system is still mounted somewhere or open
+        log(f"block root: {dev} still attached to {_loop_attr(dev, 'backing_file')} 10 s after its namespace ended")
     if left:
-        raise HarnessError(f"block root: loop devices {left} are still attached to {[str(p) for p in mine]}")
+        raise HarnessError(f"block root: loop devices {left} are still attached to {[str(p) for p in images]}")
+
+
+def _loop_attr(device: str, name: str) -> str | None:
+    try:
+        return Path(f"/sys/class/block/{device.removeprefix('/dev/')}/loop/{name}").read_text().strip()
+    except OSError:
+        return None
 
 
 def loop_devices_of(files) -> list:
@@ -695,7 +738,7 @@ def loop_devices_of(files) -> list:
     files = {str(Path(f).resolve()) for f in files}
     out = []
     for entry in sorted(Path("/sys/class/block").glob("loop*")):
-        backing = _loop_backing(entry.name)
+        backing = _loop_attr(entry.name, "backing_file")
         if backing is not None and backing.removesuffix(" (deleted)") in files:
             out.append(f"/dev/{entry.name}")
     return out
@@ -710,3 +753,6 @@ def cache_size(cache_root: Path = CACHE_ROOT) -> dict:
             sizes[path.name] = int(out.split()[0]) if out else 0
     sizes["total"] = sum(sizes.values())
     return sizes
+
+
+_SOURCES.update((fn.__name__, inspect.getsource(fn)) for fn in (_build_base, _ns_run, _build_flavour, _mount_script, chroot_run))

@@ -432,3 +432,45 @@ def test_block_root_is_a_disk_for_grub_probe_and_leaves_nothing_behind(cached_ro
     assert roots.loop_devices_of(images) == []
     assert _mounts_below(work) == []
     shutil.rmtree(work)  # the killed process could not delete its images
+
+
+def test_a_block_root_that_cannot_be_mounted_leaves_no_loop_device(scratch_dir, monkeypatch):
+    """The holder fails after the devices were attached (the ESP's mount point cannot be made; on a
+    kernel without vfat also a vfat ESP): a HarnessError with the holder's message, nothing attached."""
+    source = scratch_dir / "tiny-root"
+    (source / "usr").mkdir(parents=True)
+    (source / "boot").mkdir()
+    (source / "boot/efi").write_text("a file where the ESP's mount point should be\n")
+    work = scratch_dir / "tiny-block-root"
+    attached = []
+    real_attach = roots._attach  # pylint: disable=protected-access
+    monkeypatch.setattr(roots, "_attach", lambda image: attached.append(real_attach(image)) or attached[-1])
+    cases = [("ext4", "mkdir: cannot create directory")]
+    if not roots.vfat_available():
+        cases.append(("vfat", "unknown filesystem type 'vfat'"))
+    for esp_fs, message in cases:
+        if esp_fs == "vfat":
+            (source / "boot/efi").unlink()
+        attached.clear()
+        with pytest.raises(roots.HarnessError, match=message), roots.block_root(source, work, esp="/boot/efi", esp_fs=esp_fs):
+            pass
+        assert len(attached) == 2, attached
+        assert roots.loop_devices_of([work / "root.img", work / "esp.img"]) == []  # detached, not left to autoclear
+    monkeypatch.undo()
+    shutil.rmtree(source)
+
+    # a device a killed session attached and never mounted: the next block_root's sweep detaches it
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True).stdout.strip()
+    stale = scratch_dir / f"exliar-realroot-{gone}" / "test_x" / "grub-pc-0" / "root.img"
+    stale.parent.mkdir(parents=True)
+    with open(stale, "wb") as f:
+        f.truncate(1 << 20)
+    device = roots._attach(stale)  # pylint: disable=protected-access
+    try:
+        assert roots.loop_devices_of([stale]) == [device]
+        assert device in roots.sweep_stale_loops()
+        assert roots.loop_devices_of([stale]) == []
+    finally:
+        if roots.loop_devices_of([stale]):
+            subprocess.run(["losetup", "-d", device], check=False)
+        shutil.rmtree(stale.parents[2])

@@ -453,6 +453,7 @@ MILESTONES = (  # serial-log markers of the boot phases, for timings and debuggi
     ("initramfs /init", "Run /init as init process"),
     ("systemd started", "systemd[1]: systemd "),
     ("sshd started", "Started ssh.service"),
+    ("login prompt", f"{GUEST_HOSTNAME} login:"),   # getty on ttyS0: the boot reached multi-user
 )
 ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
 RESET_MARKER = "reboot: Restarting system"   # the kernel's last line before a warm reset
