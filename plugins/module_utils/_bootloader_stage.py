@@ -80,6 +80,15 @@ def _resolve_loader(root: str, ctx: dict):
     return module
 
 
+def _proxmox_status(root: str, ctx: dict, run) -> None:
+    """``proxmox-boot-tool status`` says which loader its ESPs carry (it mounts them to look); only on the
+    running system, where it reads this machine's ESPs."""
+    if ctx["bootloader"] == "proxmox" and ctx["live"] and runnable(root, "proxmox-boot-tool", ctx["tools"]):
+        rc, out, _err = run(["proxmox-boot-tool", "status"])
+        if rc == 0:
+            ctx["proxmox_boot_status"] = out
+
+
 def read_state(root: str) -> dict:
     text = config.read_text(root, STATE_FILE)
     try:
@@ -182,6 +191,7 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
         raise StageError(f"{exc}; nothing was changed", {"changed": False}) from exc
     ctx = host_context(root, name)
     module = _resolve_loader(root, ctx)
+    _proxmox_status(root, ctx, run)
     state = read_state(root)
     todo = with_previous(wanted, state)
     before = config.read_paths(root, module.inputs(ctx))
