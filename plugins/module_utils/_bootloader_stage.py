@@ -203,7 +203,7 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
               "regenerated": False, "config_path": plan.get("config_path"), "params": wanted,
               "current_cmdline": ctx["current_cmdline"], "warnings": list(plan.get("warnings") or [])}
     if plan.get("errors"):
-        raise StageError("; ".join(plan["errors"]), result)
+        raise StageError("; ".join(plan["errors"]) + "; nothing was changed", result)
     files = dict(plan.get("files") or {})
     state_text = _state_content(ctx["bootloader"], managed(module, before, wanted, ctx, state), state)
     if state_text and state_text != config.read_text(root, STATE_FILE):
@@ -246,7 +246,7 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
             result["changed"] = True
         if current is not None and kp.missing(current, desired):
             nb["cmdline"], nb["predicted"] = kp.edit(current, desired), True
-        return _finish(result, nb, ctx)
+        return _finish(result, nb, ctx, desired)
     nb = _read_back(root, module, ctx)
     stale = nb.get("cmdline") is None or bool(kp.missing(nb["cmdline"], desired))
     ran, failure = False, None
@@ -256,7 +256,7 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
             result["not_regenerated"] = cannot
             if nb.get("cmdline") is not None and kp.missing(nb["cmdline"], desired):
                 nb["cmdline"], nb["predicted"] = kp.edit(nb["cmdline"], desired), True
-            return _finish(result, nb, ctx)
+            return _finish(result, nb, ctx, desired)
         if failure is None:
             nb = _read_back(root, module, ctx)
     if failure is None:
@@ -270,10 +270,10 @@ def configure(root: str = "/", name=None, entries=(), check_mode: bool = False, 
         raise StageError(f"{failure}. " + ("The previous configuration was put back" if written else "Nothing was changed"), result)
     result["regenerated"] = ran
     result["changed"] = result["changed"] or ran
-    return _finish(result, nb, ctx)
+    return _finish(result, nb, ctx, desired)
 
 
-def _finish(result: dict, nb: dict, ctx: dict) -> dict:
+def _finish(result: dict, nb: dict, ctx: dict, desired: list) -> dict:
     result["next_boot_cmdline"] = nb.get("cmdline")
     result["next_boot_source"] = nb.get("source")
     result["next_boot_entries"] = nb.get("entries") or []
@@ -281,8 +281,12 @@ def _finish(result: dict, nb: dict, ctx: dict) -> dict:
         result["next_boot_predicted"] = True
     result["warnings"].extend(nb.get("warnings") or [])
     result["warnings"].extend(f"read-back: {e}" for e in nb.get("errors") or [])
-    result["reboot_required"] = (nb.get("cmdline") is not None
-                                 and kp.comparable(nb["cmdline"]) != kp.comparable(ctx["current_cmdline"]))
+    # A reboot is required when the running kernel's command line does not do yet what the entries ask (the check
+    # verify_boot makes after it). Not a comparison of the whole lines: the one read back is the bootloader's
+    # configuration, where GRUB adds root= and ro itself (Proxmox's /etc/default/grub) and expands variables
+    # (Ubuntu's $vt_handoff is vt.handoff=7 in /proc/cmdline), so a host booted with every parameter would be
+    # "reboot required" for ever, and rebooted on every run with vfio_reboot_ok.
+    result["reboot_required"] = nb.get("cmdline") is not None and bool(kp.missing(ctx["current_cmdline"], desired))
     return result
 
 

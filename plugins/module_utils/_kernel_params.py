@@ -36,6 +36,7 @@ KNOWN_VALUES = {"intel_iommu": INTEL_IOMMU_VALUES, "amd_iommu": AMD_IOMMU_VALUES
 OPPOSITE = {"on": "off", "off": "on", "pt": "nopt", "nopt": "pt", "sm_on": "sm_off", "sm_off": "sm_on"}
 # Parameters that stand several times with a meaning each (every console=, dracut reads every
 # rd.driver.pre=, kmod every modprobe.blacklist=): "present" adds its value, it never replaces another.
+ID_LISTS = {"vfio_pci.ids"}
 MODULE_LISTS = {"rd.driver.pre", "rd.driver.post", "rd.driver.blacklist", "modprobe.blacklist"}
 MULTI = {"console", "rd.driver.pre", "rd.driver.post", "rd.driver.blacklist", "modprobe.blacklist"}
 ACS_OVERRIDE_RE = re.compile(r"downstream|multifunction|id:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
@@ -116,7 +117,10 @@ def validate(entries) -> list:
             raise ParamError(f"vfio_kernel_params entry {i}: {name} decides whether the system boots at all; "
                              f"exliar.vfio never adds or removes it (change it with your distribution's tools)")
         if state == "present":
-            _check_known_values(name, value)
+            try:
+                _check_known_values(name, value)
+            except ParamError as exc:
+                raise ParamError(f"vfio_kernel_params entry {i}: {exc}") from exc
         entry = {"name": name, "value": value, "state": state}
         same = [e for e in out if norm(e["name"]) == norm(name)]
         if any(e["value"] == value and e["state"] == state for e in same):
@@ -181,6 +185,8 @@ def satisfied(words: list, entry: dict) -> bool:
             return {m.replace("-", "_") for m in value.split(",")} <= have
         if key in MULTI:
             return value in values
+        if key in ID_LISTS and values and values[-1] is not None and value is not None:  # the same ids in another order
+            return set(values[-1].lower().split(",")) == set(value.lower().split(","))
         return bool(values) and values[-1] == value
     if value is None:
         return not values

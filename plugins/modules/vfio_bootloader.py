@@ -192,7 +192,10 @@ current_cmdline:
   type: str
   returned: always
 reboot_required:
-  description: The next boot's command line differs from the running one.
+  description:
+    - The running kernel's command line (C(/proc/cmdline) below O(root)) does not carry the parameters yet, or still has
+      ones to remove; the next boot applies them. What the bootloader adds or expands itself (C(BOOT_IMAGE=), C(root=) and
+      C(ro) from grub-mkconfig, C($vt_handoff)) does not count.
   type: bool
   returned: with state=present
 problems:

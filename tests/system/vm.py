@@ -456,32 +456,35 @@ MILESTONES = (  # serial-log markers of the boot phases, for timings and debuggi
     ("login prompt", f"{GUEST_HOSTNAME} login:"),   # getty on ttyS0: the boot reached multi-user
 )
 ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
-RESET_MARKER = "reboot: Restarting system"   # the kernel's last line before a warm reset
+RESET_MARKER = "reboot: Restarting system"   # the kernel's last words before a warm reset
+KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\] ")     # a printk line with its timestamp
 
 
 class BootSplitter:
     """Tells where a new boot starts in the serial log of a QEMU that was reset (``VM(reboot=True)``).
 
-    A boot ends with the kernel's ``reboot: Restarting system``; the next line belongs to the
-    next boot. A reset without that line (QMP ``system_reset``, a triple fault) is caught when
+    A boot ends with the kernel's ``reboot: Restarting system`` (and ``reboot: machine restart``);
+    the first non-empty line after it that is not a kernel line is the firmware's, the start of
+    the next boot. A reset without that line (QMP ``system_reset``, a triple fault) is caught when
     the firmware's ``BdsDxe: starting`` comes again after a kernel had started."""
 
     def __init__(self):
         self.boot = 1
-        self._reset_seen = False
+        self.reset_seen = False
         self._kernel_seen = False
 
     def feed(self, line: str) -> bool:
         """Feed one line (without ANSI sequences); True when it is the first line of a new boot."""
-        new = self._reset_seen or (self._kernel_seen and MILESTONES[0][1] in line)
+        new = ((self.reset_seen and line.strip() and not KERNEL_LINE.match(line))
+               or (self._kernel_seen and MILESTONES[0][1] in line))
         if new:
             self.boot += 1
-            self._reset_seen = self._kernel_seen = False
+            self.reset_seen = self._kernel_seen = False
         if RESET_MARKER in line:
-            self._reset_seen = True
+            self.reset_seen = True
         if MILESTONES[1][1] in line:
             self._kernel_seen = True
-        return new
+        return bool(new)
 
 
 def split_boots(text: str) -> list:
@@ -503,7 +506,8 @@ class SerialTimer(threading.Thread):
     After a warm reset (``VM(reboot=True)``) a marker line is written to serial.timed.log and the
     milestones of the new boot are recorded separately: ``boots`` holds one entry per boot
     (``start``: seconds after QEMU start, ``line``: its first line in serial.log, ``milestones``);
-    ``milestones`` is the latest boot's."""
+    ``milestones`` is the latest boot's; ``reset`` (s after QEMU start) is when a boot's kernel
+    said it restarts the machine."""
 
     def __init__(self, src: Path, dest: Path, start: float):
         super().__init__(daemon=True)
@@ -539,6 +543,8 @@ class SerialTimer(threading.Thread):
                         out.write(f"{now:7.1f} ===== [harness] boot {splitter.boot} starts here "
                                   f"(the guest reset; serial.log line {lineno}) =====\n")
                     out.write(f"{now:7.1f} {line}\n")
+                    if RESET_MARKER in line:
+                        self.boots[-1]["reset"] = round(now, 1)
                     for name, marker in MILESTONES:
                         if name not in self.milestones and marker in line:
                             self.milestones[name] = round(now, 1)
@@ -567,7 +573,7 @@ class VM:
         self.boot_timeout = boot_timeout
         self.memory_mib = int(self.layout.get("memory_mib", memory_mib))
         self.direct_disk = direct_disk
-        self.reboot = reboot
+        self.warm_reset = reboot
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.rundir = Path(tempfile.mkdtemp(prefix=f"vfio-vm-{self.name}-"))
@@ -603,7 +609,7 @@ class VM:
         cmd += [
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.rundir / 'vars.fd'}",
-            "-display", "none", "-vga", "none", *([] if self.reboot else ["-no-reboot"]),
+            "-display", "none", "-vga", "none", *([] if self.warm_reset else ["-no-reboot"]),
             "-serial", f"file:{self.serial_log}",
             "-qmp", f"unix:{self.qmp_sock},server=on,wait=off",
             "-drive", f"if=none,id=disk0,file={disk},format={disk_fmt},cache=unsafe,discard=unmap",
@@ -702,8 +708,9 @@ class VM:
         if len(boots) <= 1:
             notes += [f"boot milestones (s after QEMU start): {self.milestones()}"]
         for n, boot in enumerate(boots if len(boots) > 1 else [], 1):
+            reset = f"; reset at {boot['reset']} s" if "reset" in boot else ""
             notes += [f"boot {n}: serial.log from line {boot['line']}, {boot['start']} s after QEMU start; "
-                      f"milestones (s after QEMU start): {boot['milestones']}"]
+                      f"milestones (s after QEMU start): {boot['milestones']}{reset}"]
         (dest / "notes.txt").write_text("\n".join(notes + self._notes) + "\n")
         if self.kept != dest:
             log(f"{self.name}: serial log and QEMU output kept in {dest}")
@@ -716,7 +723,8 @@ class VM:
 
     def boots(self) -> list:
         """One entry per boot seen on the serial console so far (more than one after a warm reset):
-        ``start`` (s after QEMU start), ``line`` (its first line in serial.log), ``milestones``."""
+        ``start`` (s after QEMU start), ``line`` (its first line in serial.log), ``milestones`` and, for
+        a boot that ended in a reset, ``reset``."""
         if self.timer is None:
             return []
         return [dict(b, milestones=dict(b["milestones"])) for b in self.timer.boots]
@@ -777,6 +785,44 @@ class VM:
             time.sleep(1)
         raise HarnessError(f"{self.name}: no SSH within {self.boot_timeout} s (last: {last}); "
                            f"serial log tail:\n{self.serial_tail()}")
+
+    def boot_id(self) -> str:
+        """The running kernel's boot id (a new one after every boot)."""
+        return self.ssh("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
+
+    def wait_new_boot(self, old_boot_id: str, timeout: float | None = None) -> str:
+        """Wait until SSH answers from a boot other than ``old_boot_id``; returns the new boot id.
+        (The old sshd may still answer for a while after a reboot was asked for.)"""
+        deadline = time.monotonic() + (timeout or self.boot_timeout)
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise HarnessError(f"{self.name}: QEMU exited (rc {self.proc.returncode}) during the reboot"
+                                   + ("" if self.warm_reset else " (it runs with -no-reboot: use VM(reboot=True))")
+                                   + f"; serial log tail:\n{self.serial_tail()}")
+            if self._banner():
+                try:
+                    proc = subprocess.run(self.ssh_command("cat /proc/sys/kernel/random/boot_id"), capture_output=True,
+                                          text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+                    new = proc.stdout.strip() if proc.returncode == 0 else ""
+                    if new and new != old_boot_id:
+                        return new
+                except subprocess.TimeoutExpired:
+                    pass
+            time.sleep(2)
+        raise HarnessError(f"{self.name}: no SSH from a new boot within {timeout or self.boot_timeout} s; "
+                           f"serial log tail:\n{self.serial_tail()}")
+
+    def reboot_and_wait(self, timeout: float | None = None) -> str:
+        """``systemctl reboot`` in the guest (``VM(reboot=True)`` only) and wait for SSH from the new
+        boot; returns its boot id."""
+        if not self.warm_reset:
+            raise HarnessError(f"{self.name}: QEMU runs with -no-reboot; start the VM with reboot=True to reboot it")
+        old = self.boot_id()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.ssh("systemctl reboot", timeout=60)
+        new = self.wait_new_boot(old, timeout)
+        self.note(f"rebooted by the harness: boot id {old} -> {new}")
+        return new
 
     def serial_text(self) -> str:
         try:

@@ -98,7 +98,7 @@ def test_amd_iommu_on_is_refused_with_the_hint():
     with pytest.raises(kp.ParamError) as exc:
         one("amd_iommu", "on")
     assert str(exc.value) == (
-        "amd_iommu=on: on is not a value the kernel accepts for amd_iommu (known: force_enable, force_isolation, fullflush, "
+        "vfio_kernel_params entry 1: amd_iommu=on: on is not a value the kernel accepts for amd_iommu (known: force_enable, force_isolation, fullflush, "
         "irtcachedis, nohugepages, off, pgtbl_v1, pgtbl_v2, v2_pgsizes_only) (the AMD IOMMU is on by default when the "
         "firmware enables it; it needs no parameter)")
     # removing it is what the user should do, so that is accepted
@@ -115,8 +115,16 @@ def test_documented_iommu_values_are_accepted(name, value):
                                               ("iommu", "passthrough", "passthrough"), ("iommu", "pt,on", "on"),
                                               ("amd_iommu", "pt", "pt")])
 def test_typos_in_iommu_values_are_refused(name, value, bad):
-    with pytest.raises(kp.ParamError, match=f"^{name}={value}: {bad} is not a value the kernel accepts for {name} "):
+    with pytest.raises(kp.ParamError, match=f"^vfio_kernel_params entry 1: {name}={value}: {bad} is not a value the kernel accepts for {name} "):
         one(name, value)
+
+
+def test_the_same_vfio_ids_in_another_order_are_satisfied():
+    """The user's own vfio-pci.ids with the same ids is not rewritten (nor recorded as the stage's)."""
+    words = ["quiet", 'vfio-pci.ids=1002:aaf8,1002:687f']
+    assert kp.satisfied(words, entry("vfio-pci.ids", "1002:687f,1002:aaf8"))
+    assert not kp.satisfied(words, entry("vfio-pci.ids", "1002:687f"))
+    assert kp.apply(words, [entry("vfio-pci.ids", "1002:687F,1002:aaf8")]) == words
 
 
 # ---- apply / edit -------------------------------------------------------------------------------------
