@@ -80,7 +80,7 @@ case "$cmd" in
         log "unit and sysroot integration tests (pytest)"
         pytest tests/unit tests/integration "$@"
         t1=$SECONDS
-        log "real-root tier: the real initramfs tools in cached Debian 12 roots (pytest -m realroot)"
+        log "real-root tier: the real initramfs and bootloader tools in cached Debian 12 roots (pytest -m realroot)"
         realroot_setup
         pytest tests/realroot -m realroot
         t2=$SECONDS

@@ -12,10 +12,12 @@ time goes to ``record_timing`` (printed at the end of the session).
 """
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -151,6 +153,20 @@ def kernel_lines_about(lines: list, addr: str, *needles: str) -> list:
     return [line for line in lines if addr in line and any(n in line for n in needles)]
 
 
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) p=\d+ u=\S+ n=\S+ \w+\| "
+                      r"(TASK \[.*?\]|RUNNING HANDLER \[.*?\]|PLAY RECAP)")
+
+
+def task_times(log_text: str) -> list:
+    """(task or handler header, seconds until the next header) from an ANSIBLE_LOG_PATH log."""
+    marks = []
+    for line in log_text.splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            marks.append((datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(2)))
+    return [(name, round((marks[i + 1][0] - at).total_seconds(), 1)) for i, (at, name) in enumerate(marks[:-1])]
+
+
 def vfio_add_line(ident: str) -> re.Pattern:
     """``vfio_pci: add [1234:1111[ffffffff:ffffffff]] class 0x000000/00000000``: vfio-pci takes an id at load."""
     return re.compile(rf"vfio_pci: add \[{re.escape(ident)}\[ffffffff:ffffffff\]\] class 0x")
@@ -165,6 +181,7 @@ class Step:
     state: dict
     facts: dict = field(default_factory=dict)   # the fact cache after the run (vfio_bind_plan, vfio_bootloader_plan...)
     command: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)   # (task or handler, seconds) from ansible's log
 
     @property
     def output(self) -> str:
@@ -199,7 +216,9 @@ class Scenario:
         cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), "-v", playbook]
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
-        env = ansible_env(self.tmp, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.tmp / "cp"))
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        env = ansible_env(self.tmp, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.tmp / "cp"),
+                          ANSIBLE_LOG_PATH=str(self.tmp / f"{slug}.ansible.log"))   # a time stamp on every line
         vmlib.log(f"{name}: {shlex.join(cmd[3:])}")
         t0 = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False)
@@ -209,14 +228,22 @@ class Scenario:
             facts = cached_facts(self.tmp, HOST)
         except (OSError, ValueError):
             facts = {}
-        step = Step(name=name, proc=proc, seconds=seconds, state=self.state(), facts=facts, command=cmd)
+        try:
+            tasks = task_times((self.tmp / f"{slug}.ansible.log").read_text(errors="replace"))
+        except OSError:
+            tasks = []
+        step = Step(name=name, proc=proc, seconds=seconds, state=self.state(), facts=facts, command=cmd, tasks=tasks)
+        self.vm.note(f"{name}: task wall times (s): " + "; ".join(f"{t} {s}" for t, s in tasks))
+        for task, secs in tasks:
+            if secs >= 10 and "REBOOT" not in task.upper():
+                record_timing(f"{TIMING}: {name}: {task}", secs)
         counts = recap(proc.stdout).get(HOST)
         self.vm.note(f"{name}: rc {proc.returncode} in {seconds:.1f} s; recap {counts}")
         vmlib.log(f"{name}: rc {proc.returncode} in {seconds:.1f} s; recap {counts}")
         self.steps[name] = step
         for result in task_results(proc.stdout, REBOOT_HANDLER) + task_results(proc.stdout, RESTORE_REBOOT):
             if "elapsed" in result:
-                record_timing(f"{TIMING}: {name}: of which the reboot (ansible.builtin.reboot)", result["elapsed"])
+                record_timing(f"{TIMING}: {name}: the reboot (ansible.builtin.reboot, elapsed)", result["elapsed"])
         return step
 
     def sh(self, name: str, command: str):
@@ -251,6 +278,9 @@ class Scenario:
             if step.proc is not None:
                 slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
                 (dest / f"{i:02d}-{slug}.out").write_text(f"$ {shlex.join(step.command)}\n{step.output}")
+                log = self.tmp / f"{slug}.ansible.log"
+                if log.exists():
+                    shutil.copyfile(log, dest / f"{i:02d}-{slug}.ansible.log")
         (dest / "states.json").write_text(json.dumps({n: s.state for n, s in self.steps.items()}, indent=1))
         (dest / "facts.json").write_text(json.dumps({n: s.facts for n, s in self.steps.items()}, indent=1))
         (dest / "checks.txt").write_text("".join(f"### {n} (rc {p.returncode})\n{p.stdout}{p.stderr}\n"
@@ -445,6 +475,9 @@ class TestRebootIntoVfio:
         assert linux_lines(after["files"][GRUB_CFG]) == linux_lines(before["files"][GRUB_CFG])
         assert after["sha256"] == before["sha256"], {p: (before["sha256"][p], after["sha256"][p]) for p in WATCHED_FILES}
 
+    @pytest.mark.xfail(strict=True, reason=(
+        "vfio_restore undoes the stages in the order bootloader, initramfs, bind: the initramfs stage regenerates the "
+        "image while the bind stage's /etc/modprobe.d/exliar-vfio.conf is still there, so the image keeps a copy"))
     def test_the_restored_initramfs_is_without_vfio(self, scenario):
         """The image the restore left (and the next boot used) holds no more of vfio or the collection than before."""
         before, after = scenario.checks["initramfs before"].stdout, scenario.checks["initramfs after restore.yml"].stdout
@@ -495,12 +528,21 @@ class TestRebootIntoVfio:
             assert any("Linux version" in line for line in lines), f"boot {n}: no kernel banner"
         for n in (1, 2):
             assert any(vmlib.RESET_MARKER in line for line in boots[n - 1]), f"boot {n} does not end in a reset"
-        for n, lines in enumerate(boots, 1):
-            adds = {ident: [line for line in lines if vfio_add_line(ident).search(line)] for ident in (GPU_ID, HDA_ID)}
-            if n == 2:
-                assert all(adds.values()), f"boot 2: {adds}"
-            else:
-                assert not any(adds.values()), f"boot {n}: {adds}"
+        def first(lines, pattern):
+            return next((i for i, line in enumerate(lines) if re.search(pattern, line)), None)
+
+        one, two, three = boots
+        for ident in (GPU_ID, HDA_ID):
+            # boot 1: vfio-pci only comes with the bind stage's runtime bind, after the boot (the login prompt)
+            add = first(one, vfio_add_line(ident).pattern)
+            assert add is not None and add > first(one, re.escape(f"{vmlib.GUEST_HOSTNAME} login:")), f"boot 1: {ident}"
+            # boot 2: in the initramfs, before the real root's systemd starts
+            add = first(two, vfio_add_line(ident).pattern)
+            assert add is not None and add < first(two, re.escape("systemd[1]: systemd ")), f"boot 2: {ident}"
+        assert first(three, r"vfio_pci: add") is None, "boot 3 has vfio-pci"
+        assert first(one, r"Initialized bochs-drm .* for " + re.escape(scenario.addresses["gpu"])) is not None
+        assert first(two, r"bochs-drm .*" + re.escape(scenario.addresses["gpu"])) is None
+        assert first(three, r"Initialized bochs-drm .* for " + re.escape(scenario.addresses["gpu"])) is not None
         harness_boots = scenario.vm.boots()
         assert len(harness_boots) == 3, harness_boots
         for boot in harness_boots:       # sshd's line can drown in systemd's progress output; these do not

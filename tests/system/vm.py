@@ -548,6 +548,10 @@ class SerialTimer(threading.Thread):
                     for name, marker in MILESTONES:
                         if name not in self.milestones and marker in line:
                             self.milestones[name] = round(now, 1)
+                # the login prompt ends without a newline: look for it in the unfinished line too
+                name, marker = MILESTONES[-1]
+                if partial and name not in self.milestones and not splitter.reset_seen and marker.encode() in partial:
+                    self.milestones[name] = round(now, 1)
                 out.flush()
                 if stopping:
                     return
