@@ -311,6 +311,7 @@ def restore(root: str = "/", check_mode: bool = False, run_command=None, name=No
     run = run_command or run_simple
     journal = Journal(root)
     records = journal.active(STAGE)
+    name = name or read_state(root).get("bootloader")  # the bootloader the edit was made for (read before it goes)
     files = journal.restore_files(STAGE, check_mode=check_mode)
     out = {"changed": any(f["changed"] for f in files), "files": files, "devices": [], "runtime": None}
     if out["changed"] and not check_mode:
