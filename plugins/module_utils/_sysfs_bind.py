@@ -109,11 +109,16 @@ def release(root: str, addr: str, driver, module, run_command, timeout: float = 
     now, override = current_driver(root, addr), override_of(root, addr)
     if now == driver and override is None:
         return False
-    if override is not None:
-        _write(_dev(root, addr, "driver_override"), "\n", addr)
     if now == VFIO:
         _write(_dev(root, addr, "driver", "unbind"), addr, addr)
-    if driver:
+    if not driver:
+        if override is not None:
+            _write(_dev(root, addr, "driver_override"), "\n", addr)
+        return True
+    # Only ``driver`` may take it: after a boot with vfio-pci.ids= on the command line the running vfio-pci
+    # holds those ids, was registered first, and would win a plain re-probe.
+    _write(_dev(root, addr, "driver_override"), driver, addr)
+    try:
         if module:
             _load(run_command, module, root, driver)
         if current_driver(root, addr) is None:
@@ -124,4 +129,6 @@ def release(root: str, addr: str, driver, module, run_command, timeout: float = 
         if not _wait(lambda: current_driver(root, addr) == driver, timeout):
             raise BindError(f"{addr}: cleared from vfio-pci but {driver} did not take it back (now: "
                             f"{current_driver(root, addr) or 'no driver'}); a reboot restores it. See `dmesg`")
+    finally:
+        _write(_dev(root, addr, "driver_override"), "\n", addr)
     return True

@@ -24,14 +24,14 @@ options:
     default: /
   stages:
     description:
-      - The stages to undo, in this order (the bootloader stage first, then the initramfs stage, then the binding they
-        built on).
+      - The stages to undo. They are always undone in the order bootloader, bind, initramfs, whatever order they are
+        given in - the initramfs stage last, so the images it rebuilds no longer carry the binding stage's files.
       - Undoing the bootloader stage runs the bootloader's tool again (C(update-grub), C(proxmox-boot-tool refresh)...) and
         undoing the initramfs stage rebuilds the images, each when the tool can run in O(root).
     type: list
     elements: str
-    choices: [bootloader, initramfs, bind]
-    default: [bootloader, initramfs, bind]
+    choices: [bootloader, bind, initramfs]
+    default: [bootloader, bind, initramfs]
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -66,6 +66,7 @@ from ansible_collections.exliar.vfio.plugins.module_utils import _bind_stage, _b
 from ansible_collections.exliar.vfio.plugins.module_utils._journal import JournalError
 from ansible_collections.exliar.vfio.plugins.module_utils._sysfs_bind import BindError
 
+ORDER = ("bootloader", "bind", "initramfs")
 RESTORERS = {"bind": _bind_stage.restore, "initramfs": _initramfs_stage.restore, "bootloader": _bootloader_stage.restore}
 
 
@@ -73,13 +74,13 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "root": {"type": "path", "default": "/"},
-            "stages": {"type": "list", "elements": "str", "choices": sorted(RESTORERS), "default": ["bootloader", "initramfs", "bind"]},
+            "stages": {"type": "list", "elements": "str", "choices": sorted(RESTORERS), "default": ["bootloader", "bind", "initramfs"]},
         },
         supports_check_mode=True,
     )
     done, diffs = {}, []
     try:
-        for name in module.params["stages"]:
+        for name in [n for n in ORDER if n in module.params["stages"]]:
             result = _bind_stage.public(RESTORERS[name](module.params["root"], module.check_mode, module.run_command))
             diffs.extend(result.pop("diff"))
             done[name] = result
