@@ -221,3 +221,22 @@ def fs_of(root) -> RootFS:
 
 def by_address(items: list) -> dict:
     return {i["address"]: i for i in items}
+
+
+# ---- bootloader planners: real distribution files below data/bootloaders/<layout>/ --------------------
+BOOTLOADER_DATA = Path(__file__).resolve().parent / "plugins" / "module_utils" / "data" / "bootloaders"
+
+
+def load(layout: str) -> dict:
+    """Every file of a bootloader fixture, as the planners get them: host path -> text."""
+    base = BOOTLOADER_DATA / layout
+    return {"/" + str(p.relative_to(base)): p.read_bytes().decode("utf-8", "surrogateescape")
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def applied(files: dict, result: dict) -> dict:
+    """The files after a plan's writes (None: removed)."""
+    out = dict(files)
+    for path, spec in result["files"].items():
+        out[path] = None if spec is None else spec["content"]
+    return out

@@ -4,15 +4,15 @@ its README): every entry's options, $kernelopts in the fixed-size grubenv, GRUB_
 idempotence, GRUB's menu order and default for the read-back, and refusals for broken layouts."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_bls as bls
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as cfg
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 F34 = "/boot/loader/entries/e986846f63134c7295458cf36300ba5b-"
 F40 = "/boot/loader/entries/a9f3c1d27e5b4c08b6d41e2f9a7c3b58-"
 EL8 = "/boot/loader/entries/3f1e5c2b7a9d4e6f8b0c1d2e3f4a5b6c-"
@@ -34,13 +34,6 @@ def load(layout: str) -> dict:
     base = DATA / layout
     return {"/" + str(p.relative_to(base)): p.read_bytes().decode("utf-8", "surrogateescape")
             for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def content(result: dict, path: str) -> str:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as config
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_grub as grub
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 SH = shutil.which("sh")
 DEBIAN_CTX = {"esp": "/boot/efi", "family": "debian", "distribution": "debian", "tools": {"update-grub", "grub-mkconfig"}}
 UBUNTU_CTX = {"esp": "/boot/efi", "family": "debian", "distribution": "ubuntu", "tools": {"update-grub", "grub-mkconfig"}}
@@ -35,13 +35,6 @@ def layout(name: str) -> dict:
 
 def text(name: str, path: str) -> str:
     return (DATA / name / path.lstrip("/")).read_text(encoding="utf-8")
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def planned(files, entries, ctx) -> dict:

@@ -6,15 +6,15 @@ default, and the layouts that are refused."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as config
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_kernelstub as kstub
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 POP = "popos-22.04-kernelstub"
 CTX = {"esp": "/boot/efi", "family": "debian", "distribution": "pop", "tools": {"kernelstub", "bootctl"}}
 CONF = "/etc/kernelstub/configuration"
@@ -34,13 +34,6 @@ def layout(name: str = POP, ctx=None) -> dict:
 
 def text(path: str, name: str = POP) -> str:
     return (DATA / name / path.lstrip("/")).read_text(encoding="utf-8")
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def planned(files, entries, ctx=None) -> dict:

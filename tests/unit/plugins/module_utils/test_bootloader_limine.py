@@ -6,15 +6,15 @@ with Omarchy's drop-ins, and archboot's legacy limine.cfg. Covered: which entrie
 (index counted over expanded directories, entry paths), and the layouts that are refused."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as config
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_limine as limine
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 CTX = {"esp": "/boot", "family": "arch", "distribution": "arch", "tools": {"limine"}}
 TOOL_CTX = dict(CTX, tools={"limine", "limine-update", "limine-mkinitcpio", "limine-entry-tool"})
 BIOS_CTX = {"esp": None, "family": "arch", "distribution": "arch", "tools": {"limine"}}
@@ -41,13 +41,6 @@ def layout(name: str) -> dict:
 
 def text(name: str, path: str) -> str:
     return (DATA / name / path.lstrip("/")).read_text(encoding="utf-8")
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def planned(files, entries, ctx=None) -> dict:

@@ -4,15 +4,15 @@ systemd-boot, /etc/default/grub through the GRUB module, the refresh command, id
 read-back with and without a mounted ESP."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA, load
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as cfg
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_proxmox as proxmox
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 CTX = {"esp": "/boot/efi", "tools": {"proxmox-boot-tool", "update-grub", "grub-mkconfig"}}
 ZFS = "root=ZFS=rpool/ROOT/pve-1 boot=zfs"
 ENTRIES = kp.validate([{"name": "intel_iommu", "value": "on"}, {"name": "iommu", "value": "pt"},
@@ -25,19 +25,6 @@ STATUS_GRUB = ("Re-executing '/usr/sbin/proxmox-boot-tool' in new private mount 
                "6A1B-2C3D is configured with: grub (versions: 6.8.12-4-pve, 6.8.4-2-pve)\n")
 STATUS_BIOS = ("System currently booted with legacy bios\n"
                "6A1B-2C3D is configured with: grub (versions: 6.8.12-4-pve, 6.8.4-2-pve)\n")
-
-
-def load(layout: str) -> dict:
-    base = DATA / layout
-    return {"/" + str(p.relative_to(base)): p.read_bytes().decode("utf-8", "surrogateescape")
-            for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def content(result: dict, path: str) -> str:

@@ -5,15 +5,15 @@ refind.conf and an included file (disabled, non-Linux and SYSLINUX submenus unto
 preservation, idempotence, the read-back and the layouts that are refused."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as config
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_refind as refind
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 CTX = {"esp": "/boot/efi", "family": "debian", "distribution": "debian", "tools": {"refind-install", "mkrlconf"}}
 LAYOUTS = ("refind-debian", "refind-docs-example", "refind-manual-stanzas")
 RLC = "/boot/refind_linux.conf"
@@ -40,13 +40,6 @@ def mkrlconf(standard: str, minimal: str = "ro root=/dev/nvme0n1p2") -> str:
     """The three lines refind-install's GenerateRefindLinuxConf (and mkrlconf) write."""
     return (f'"Boot with standard options"  "{standard}"\n"Boot to single-user mode"    "{standard} single"\n'
             f'"Boot with minimal options"   "{minimal}"\n')
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def planned(files, entries) -> dict:

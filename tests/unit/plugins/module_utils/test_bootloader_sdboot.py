@@ -6,15 +6,15 @@ images refused instead of pretending."""
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import pytest
+
+from helpers import applied, BOOTLOADER_DATA as DATA, load
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_config as cfg
 from ansible_collections.exliar.vfio.plugins.module_utils import _bootloader_sdboot as sdboot
 from ansible_collections.exliar.vfio.plugins.module_utils import _kernel_params as kp
 
-DATA = Path(__file__).resolve().parent / "data" / "bootloaders"
 ARCH = {"esp": "/boot"}
 KI = {"esp": "/efi"}
 ARCH_OPTS = "root=UUID=0a3407de-014b-458b-b5c1-848e92a327a3 rw"
@@ -23,19 +23,6 @@ KI_OPTS = f"root=UUID=5d0f7e23-9ac9-4a7d-8f2e-1d8b6c3f4e51 rw systemd.machine_id
 ENTRIES = kp.validate([{"name": "intel_iommu", "value": "on"}, {"name": "iommu", "value": "pt"},
                        {"name": "quiet", "state": "absent"}, {"name": "nvidia-drm.modeset", "value": "0"}])
 ADDED = "intel_iommu=on iommu=pt nvidia-drm.modeset=0"
-
-
-def load(layout: str) -> dict:
-    base = DATA / layout
-    return {"/" + str(p.relative_to(base)): p.read_bytes().decode("utf-8", "surrogateescape")
-            for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-def applied(files: dict, result: dict) -> dict:
-    out = dict(files)
-    for path, spec in result["files"].items():
-        out[path] = None if spec is None else spec["content"]
-    return out
 
 
 def content(result: dict, path: str) -> str:
