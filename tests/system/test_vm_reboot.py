@@ -2,13 +2,19 @@
 into the new kernel command line, the devices are on vfio-pci from the start of the new boot, and
 ``playbooks/restore.yml -e vfio_reboot_ok=true`` reboots it back to what it was.
 
-One guest (layout ``gpu-audio``: bochs-display + ich9-intel-hda as one multifunction slot behind a
-root port) is booted once with ``VM(reboot=True)``: QEMU runs without ``-no-reboot``, so the guest's
-reboots are warm resets of the same QEMU, with the same disk overlay, SSH port forward and serial
-log. The steps run in order (class-scoped fixture), the guest's state is read over SSH before and
+One guest (layout ``gpu-audio-and-identical-pair``: bochs-display + ich9-intel-hda as one
+multifunction slot behind a root port, and two identical QXL cards in their own root ports) is
+booted once with ``VM(reboot=True)``: each reboot of the guest ends its QEMU and the harness
+starts QEMU again at once with the same disk overlay, UEFI variables, SSH port forward and serial
+log (a power cycle). The steps run in order (class-scoped fixture), the guest's state is read over SSH before and
 after each (boot id, ``/proc/cmdline``, drivers, ``/etc/default/grub``, ``/boot/grub/grub.cfg``,
 the kernel log of the running boot), and the tests compare those snapshots. Each step's wall
 time goes to ``record_timing`` (printed at the end of the session).
+
+The selection is the bochs GPU and the *second* QXL, by address: the GPU and its audio function are
+the only devices with their ids, so they are claimed at boot by ``vfio-pci.ids=``; the QXL shares its
+id with the first one, so it is claimed by address (the ``install vfio-pci`` line and its script,
+which the initramfs carries), and the first QXL must stay on its host driver across the reboot.
 """
 from __future__ import annotations
 
@@ -32,22 +38,30 @@ from labrun import REPO, VENV_BIN, ansible_env, cached_facts, recap
 
 pytestmark = pytest.mark.system
 
-LAYOUT = "gpu-audio"
+LAYOUT = "gpu-audio-and-identical-pair"
 HOST = f"vm-{LAYOUT}"
 TIMING = f"{LAYOUT} reboot"
 GPU_ID = "1234:1111"        # bochs-display
 HDA_ID = "8086:293e"        # ich9-intel-hda
+QXL_ID = "1b36:0100"        # qxl, twice
 VFIO = "vfio-pci"
-HOST_DRIVERS = {"gpu": "bochs-drm", "audio": "snd_hda_intel"}
-# the selection: every discrete GPU but the boot one (the bochs-display is class 0380 and has no
-# boot_vga, so the group picks it), and the override of the boot-display refusal, as test_vm_bind.py:
-# the emulated GPU is the guest's only one and carries efifb; the guest's console is the serial port
-SELECTION = {"vfio_devices": [{"gpus": "discrete_except_boot"}], "vfio_allow_boot_display": True}
+HOST_DRIVERS = {"gpu": "bochs-drm", "audio": "snd_hda_intel", "qxl1": "qxl", "qxl2": "qxl"}
+SELECTED = ("gpu", "audio", "qxl2")     # the GPU brings its audio function; qxl1 stays on the host
+
+
+def selection(addresses: dict) -> dict:
+    """The bochs GPU and the second QXL by address, and the override of the boot-display refusal, as
+    test_vm_bind.py: the bochs-display carries efifb; the guest's console is the serial port."""
+    return {"vfio_devices": [addresses["gpu"], addresses["qxl2"]], "vfio_allow_boot_display": True}
+
+
 EXPECTED_PARAMS = ("iommu=pt", f"vfio-pci.ids={GPU_ID},{HDA_ID}")
 GRUB_DEFAULT = "/etc/default/grub"
 GRUB_CFG = "/boot/grub/grub.cfg"
+MODPROBE_CONF = "/etc/modprobe.d/exliar-vfio.conf"
+OVERRIDE_SCRIPT = "/usr/local/sbin/exliar-vfio-pci-override"
 WATCHED_FILES = (GRUB_DEFAULT, GRUB_CFG, "/var/lib/exliar-vfio/state/bootloader.json",
-                 "/etc/modprobe.d/exliar-vfio.conf", "/etc/initramfs-tools/modules")
+                 MODPROBE_CONF, OVERRIDE_SCRIPT, "/etc/initramfs-tools/modules")
 REBOOT_HANDLER = "RUNNING HANDLER [exliar.vfio.bootloader : Reboot into the new kernel command line]"
 VERIFY_HANDLER = "RUNNING HANDLER [exliar.vfio.bootloader : Check the kernel command line and the devices after the reboot]"
 RESTORE_REBOOT = "TASK [exliar.vfio.restore : Reboot into the restored kernel command line (vfio_reboot_ok)]"
@@ -278,9 +292,11 @@ class Scenario:
 def drive(sc: Scenario) -> None:
     sc.snapshot("before")
     sc.sh("initramfs before", INITRAMFS_VFIO)
-    sc.play("vfio.yml with reboot", "playbooks/vfio.yml", **SELECTION, vfio_reboot_ok=True)
+    sc.play("vfio.yml with reboot", "playbooks/vfio.yml", **selection(sc.addresses), vfio_reboot_ok=True)
     sc.sh("initramfs after vfio.yml", INITRAMFS_VFIO)
-    sc.play("vfio.yml again", "playbooks/vfio.yml", **SELECTION, vfio_reboot_ok=True)
+    sc.sh("sh -n", f"sh -n {OVERRIDE_SCRIPT}")
+    sc.sh("modprobe --show-depends", "modprobe --show-depends vfio-pci")
+    sc.play("vfio.yml again", "playbooks/vfio.yml", **selection(sc.addresses), vfio_reboot_ok=True)
     restore = sc.play("restore.yml with reboot", "playbooks/restore.yml", vfio_reboot_ok=True)
     sc.sh("initramfs after restore.yml", INITRAMFS_VFIO)
     if restore.state["boot_id"] == sc.steps["vfio.yml again"].state["boot_id"]:
@@ -299,11 +315,11 @@ def drive(sc: Scenario) -> None:
 
 @pytest.fixture(scope="class")
 def scenario(request, guest_image, tmp_path_factory):
-    """Boot gpu-audio once (warm resets allowed) and run the whole scenario against it."""
+    """Boot the layout once (reboots allowed: each is a power cycle of its QEMU) and run the whole scenario against it."""
     tmp = tmp_path_factory.mktemp("vm-reboot")
     watch = FailureWatch(request)
     t0 = time.monotonic()
-    with vmlib.VM(guest_image, LAYOUT, name=f"{LAYOUT}-reboot", reboot=True, timeout=3 * PLAYBOOK_TIMEOUT) as vm:
+    with vmlib.VM(guest_image, LAYOUT, name="reboot", reboot=True, timeout=3 * PLAYBOOK_TIMEOUT) as vm:
         vm.wait_ssh()
         record_timing(f"{TIMING}: boot to SSH", time.monotonic() - t0)
         sc = Scenario(vm, tmp)
@@ -329,8 +345,9 @@ def _timings() -> dict:
 
 
 class TestRebootIntoVfio:
-    """gpu-audio: bind the GPU and its audio function with ``vfio_reboot_ok: true``, check the new
-    boot, run again (nothing to do, no reboot), restore with a reboot, check the old boot is back."""
+    """Bind the GPU with its audio function, and the second of two identical QXL cards, with
+    ``vfio_reboot_ok: true``, check the new boot, run again (nothing to do, no reboot), restore with
+    a reboot, check the old boot is back."""
 
     # -- before ---------------------------------------------------------------------------------
     def test_before_the_devices_are_on_their_host_drivers(self, scenario):
@@ -343,14 +360,15 @@ class TestRebootIntoVfio:
         assert not [line for line in before["dmesg"] if "vfio_pci: add" in line]
 
     # -- vfio.yml with vfio_reboot_ok -------------------------------------------------------------
-    def test_the_play_succeeds_and_selects_the_gpu_and_its_audio(self, scenario):
+    def test_the_play_succeeds_and_selects_the_gpu_its_audio_and_the_second_qxl(self, scenario):
         step = scenario.steps["vfio.yml with reboot"]
         assert step.proc.returncode == 0, step.output[-6000:]
         counts = scenario.counts(step.name)
         assert counts["failed"] == 0 and counts["unreachable"] == 0 and counts["changed"] > 0, counts
         plan = step.facts["vfio_bind_plan"]
         assert plan["status"] == "ok", plan
-        assert sorted(d["address"] for d in plan["devices"]) == sorted([scenario.addresses["gpu"], scenario.addresses["audio"]])
+        assert sorted(d["address"] for d in plan["devices"]) == sorted(scenario.addresses[d] for d in SELECTED)
+        # by id only where every device of the id is selected: not the QXL, whose twin stays
         assert sorted(plan["ids"]) == sorted([GPU_ID, HDA_ID]), plan["ids"]
 
     def test_the_guest_really_rebooted_once(self, scenario):
@@ -373,6 +391,7 @@ class TestRebootIntoVfio:
         for word in EXPECTED_PARAMS:
             assert word in present, (word, plan["params"])
         cmdline = words(step.state["cmdline"])
+        assert not [w for w in cmdline if QXL_ID in w], step.state["cmdline"]   # by id it would take both QXL
         for word in present:
             assert word in cmdline, (word, step.state["cmdline"])
         assert not [w for w in absent if w in cmdline], (absent, step.state["cmdline"])
@@ -406,10 +425,36 @@ class TestRebootIntoVfio:
         before = scenario.steps["before"].state["dmesg"]
         assert kernel_lines_about(before, gpu, "bochs-drm"), "the first boot shows no bochs-drm line for the GPU"
 
-    def test_the_initramfs_carries_vfio_pci_and_its_configuration(self, scenario):
+    def test_the_second_qxl_is_on_vfio_pci_from_boot_and_its_twin_kept_qxl(self, scenario):
+        step = scenario.steps["vfio.yml with reboot"]
+        after, kernel = step.state, step.state["dmesg"]
+        one, two = scenario.addresses["qxl1"], scenario.addresses["qxl2"]
+        assert after["drivers"][two] == VFIO, after["drivers"]
+        assert after["drivers"][one] == "qxl", after["drivers"]
+        assert str(after["groups"][two]) in after["dev_vfio"] and str(after["groups"][one]) not in after["dev_vfio"]
+        # in this boot the qxl driver initialized the first card only; the second never saw it
+        assert [line for line in kernel if re.search(r"Initialized qxl .* for " + re.escape(one), line)], "qxl1 has no qxl line"
+        assert not kernel_lines_about(kernel, two, "qxl", "drm"), kernel_lines_about(kernel, two, "qxl", "drm")
+        assert not [line for line in kernel if vfio_add_line(QXL_ID).search(line)], "the QXL id was given to vfio-pci"
+
+    def test_the_qxl_is_claimed_by_address_through_the_install_line_and_its_script(self, scenario):
+        after = scenario.steps["vfio.yml with reboot"].state
+        lines = [line for line in (after["files"][MODPROBE_CONF] or "").splitlines() if line and not line.startswith("#")]
+        assert f"install vfio-pci {OVERRIDE_SCRIPT} $CMDLINE_OPTS" in lines, lines
+        assert not [line for line in lines if QXL_ID in line and "ids=" in line], lines
+        show = scenario.checks["modprobe --show-depends"]
+        assert show.returncode == 0 and f"install {OVERRIDE_SCRIPT}" in show.stdout, show.stdout + show.stderr
+        assert scenario.checks["sh -n"].returncode == 0, scenario.checks["sh -n"].stderr
+        script = after["files"][OVERRIDE_SCRIPT]
+        assert script is not None and script.startswith("#!/bin/sh\n"), script
+        devs = re.search(r'^DEVS="([^"]*)"$', script, re.M)
+        assert devs and devs.group(1).split() == [scenario.addresses["qxl2"]], script
+
+    def test_the_initramfs_carries_vfio_pci_its_configuration_and_the_script(self, scenario):
         before, after = scenario.checks["initramfs before"].stdout, scenario.checks["initramfs after vfio.yml"].stdout
         assert "vfio-pci.ko" not in before and "exliar-vfio" not in before, before
         assert "/vfio-pci.ko" in after and "etc/modprobe.d/exliar-vfio.conf" in after, after
+        assert OVERRIDE_SCRIPT.lstrip("/") in after, after
 
     def test_grub_cfg_has_the_parameters(self, scenario):
         step = scenario.steps["vfio.yml with reboot"]
@@ -482,6 +527,8 @@ class TestRebootIntoVfio:
         assert after["dev_vfio"] == before["dev_vfio"]
         assert not [line for line in after["dmesg"] if "vfio_pci: add" in line]
         assert kernel_lines_about(after["dmesg"], scenario.addresses["gpu"], "bochs-drm")
+        for qxl in ("qxl1", "qxl2"):
+            assert [line for line in after["dmesg"] if re.search(r"Initialized qxl .* for " + re.escape(scenario.addresses[qxl]), line)], qxl
 
     def test_second_restore_changes_nothing_and_does_not_reboot(self, scenario):
         first, step = scenario.restored_boot(), scenario.steps["restore.yml again"]
@@ -513,6 +560,9 @@ class TestRebootIntoVfio:
         # boot 2 up to its login prompt: no bochs-drm for the GPU (later the restore gives it back at run time)
         booting = two[:first_index(two, re.escape(f"{vmlib.GUEST_HOSTNAME} login:"))]
         assert first_index(booting, r"bochs-drm .*" + re.escape(scenario.addresses["gpu"])) is None
+        # the qxl driver took the first QXL in boot 2, and not the second (until the restore gives it back)
+        assert first_index(two, r"Initialized qxl .* for " + re.escape(scenario.addresses["qxl1"])) is not None
+        assert first_index(booting, r"qxl .*" + re.escape(scenario.addresses["qxl2"])) is None
         assert first_index(three, r"Initialized bochs-drm .* for " + re.escape(scenario.addresses["gpu"])) is not None
         harness_boots = scenario.vm.boots()
         assert len(harness_boots) == 3, harness_boots
