@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | realroot | bench | system
+# Set-up and developer entry points. Usage: ./dev.sh demo | test | setup | lint | sanity | unit | integration | realroot | libvirt | bench | system
 # Everything is installed by this script: Debian packages (with apt-get, as root or via sudo),
 # a virtual environment in .venv with the pinned Python dependencies, and the
 # .collections/ansible_collections/exliar/vfio link that lets Ansible load the collection from the clone.
@@ -29,6 +29,25 @@ apt_install() {
 # enters them with chroot in private mount namespaces (unshare, from util-linux).
 realroot_setup() {
     apt_install debootstrap util-linux mount e2fsprogs dosfstools
+}
+
+# The libvirt tier defines and runs tiny guests on a real libvirtd with QEMU (TCG): the daemon and
+# virsh, QEMU, OVMF for the EFI domains, busybox-static for the guest's initramfs and xmllint for
+# virt-xml-validate. The guest boots a Debian kernel directly: the host's own from /boot, else
+# (a container has none) the cloud kernel's package, downloaded once and unpacked in .cache/libvirt.
+libvirt_setup() {
+    apt_install libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86 ovmf busybox-static libxml2-utils
+    if ! compgen -G "/boot/vmlinuz-*" >/dev/null && ! compgen -G ".cache/libvirt/kernel/boot/vmlinuz-*" >/dev/null; then
+        log "no kernel in /boot: unpacking Debian's cloud kernel into .cache/libvirt/kernel for the test guests"
+        local pkg tmp
+        pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+        tmp=$(mktemp -d)
+        chown _apt "$tmp" 2>/dev/null || true  # as root, apt downloads as its own user, which must be able to write there
+        (cd "$tmp" && apt-get download -qq "$pkg")
+        mkdir -p .cache/libvirt/kernel
+        dpkg-deb --fsys-tarfile "$tmp/$pkg"_*.deb | tar -x -C .cache/libvirt/kernel ./boot  # the kernel image, not its modules
+        rm -rf "$tmp"
+    fi
 }
 
 setup() {
@@ -74,6 +93,7 @@ case "$cmd" in
     bench) setup; python tests/bench/run.py "$@" ;;
     system) setup; bash tests/system/run.sh "$@" ;;
     realroot) setup; realroot_setup; pytest tests/realroot -m realroot "$@" ;;
+    libvirt) setup; libvirt_setup; pytest tests/libvirt -m libvirt "$@" ;;
     test)
         setup
         t0=$SECONDS
@@ -84,12 +104,19 @@ case "$cmd" in
         realroot_setup
         pytest tests/realroot -m realroot
         t2=$SECONDS
+        log "libvirt tier: the VM stage against a real libvirtd with QEMU (pytest -m libvirt)"
+        libvirt_setup
+        pytest tests/libvirt -m libvirt
+        t3=$SECONDS
+        log "system tier: a real kernel in QEMU guests over SSH (detect, bind, reboot), a fleet in network namespaces"
+        bash tests/system/run.sh
+        t4=$SECONDS
         log "ansible-lint --profile production"
         ansible-lint --profile production --offline
         log "ansible-test sanity"
         bash tests/ansible-test.sh sanity --python 3.11 --local
-        t3=$SECONDS
-        log "all tests passed (unit+integration $((t1 - t0)) s, real-root $((t2 - t1)) s, lint+sanity $((t3 - t2)) s)"
+        t5=$SECONDS
+        log "all tests passed (unit+integration $((t1 - t0)) s, real-root $((t2 - t1)) s, libvirt $((t3 - t2)) s, system $((t4 - t3)) s, lint+sanity $((t5 - t4)) s)"
         ;;
     *) sed -n '2,5p' "$0"; exit 2 ;;
 esac

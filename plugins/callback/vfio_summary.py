@@ -73,6 +73,8 @@ class CallbackModule(CallbackBase):
             self._host(result)["bootloader"] = dict(facts["vfio_bootloader_plan"],
                                                     next_boot_cmdline=facts.get("vfio_next_boot_cmdline"),
                                                     reboot_required=facts.get("vfio_reboot_required"))
+        if isinstance(facts.get("vfio_vm_results"), list):
+            self._host(result)["vms"] = facts["vfio_vm_results"]
         elif facts.get("vfio_reboot_required") is False and self._host(result).get("bootloader"):
             self._host(result)["bootloader"].update(reboot_required=False, verified=True)
 

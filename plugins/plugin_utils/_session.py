@@ -32,11 +32,34 @@ ENTRY_POINT_GROUP = "exliar_vfio.plugins"
 
 PLUGIN_VARS = ("vfio_plugins", "vfio_plugin_dirs", "vfio_plugin_default_dirs", "vfio_plugins_enabled",
                "vfio_plugin_require_signatures", "vfio_plugin_trusted_keys", "vfio_plugin_pins",
-               "vfio_plugin_approvals_file")
+               "vfio_plugin_approvals_file", "vfio_builtin_plugins")
 
 
 def config_home() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "exliar-vfio"
+
+
+def builtin_names() -> list:
+    """The built-in plugins the collection ships (directories of ``builtin_plugins/`` with a manifest)."""
+    if not BUILTIN_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "plugin.toml").is_file())
+
+
+def _builtin_list(value) -> list:
+    """``vfio_builtin_plugins``: the built-ins to load (opt-in, so a run without them stays as fast)."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise api.PluginError(f"vfio_builtin_plugins must be a list of built-in plugin names, not {value!r}")
+    names = [n.strip() for n in names if n.strip()]
+    available = builtin_names()
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise api.PluginError(f"vfio_builtin_plugins: no built-in plugin named {', '.join(unknown)}; "
+                              f"the built-ins are: {', '.join(available) or 'none'}")
+    return list(dict.fromkeys(names))
 
 
 def _bool(value, default: bool) -> bool:
@@ -65,6 +88,7 @@ class Settings:
     trusted_keys: list = field(default_factory=list)     # vfio_plugin_trusted_keys (paths)
     pins: dict = field(default_factory=dict)             # vfio_plugin_pins
     approvals_file: str = ""                             # vfio_plugin_approvals_file
+    builtin: list = field(default_factory=list)          # vfio_builtin_plugins
 
     @classmethod
     def from_vars(cls, v: dict) -> "Settings":
@@ -86,13 +110,14 @@ class Settings:
             trusted_keys=[str(k) for k in listish(v.get("vfio_plugin_trusted_keys"))],
             pins=dict(v.get("vfio_plugin_pins") or {}),
             approvals_file=str(v.get("vfio_plugin_approvals_file") or config_home() / "approvals.json"),
+            builtin=_builtin_list(v.get("vfio_builtin_plugins")),
         )
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
     def search_dirs(self) -> list:
-        dirs = [(BUILTIN_DIR, "builtin")]
+        dirs = [(BUILTIN_DIR, "builtin")] if self.builtin else []
         if self.default_dirs:
             dirs += [(config_home() / "plugins", "user"), (SYSTEM_DIR, "system")]
         dirs += [(Path(d).expanduser(), "directory") for d in self.dirs]
@@ -144,7 +169,10 @@ def _entry_point_metas(manager: PluginManager) -> list:
 def discover(settings: Settings, manager: PluginManager) -> list:
     metas = []
     for d, source in settings.search_dirs():
-        metas.extend(manager.discover_plugins(d, source))
+        found = manager.discover_plugins(d, source)
+        if source == "builtin":  # only the built-ins vfio_builtin_plugins lists
+            found = [m for m in found if m.name in settings.builtin]
+        metas.extend(found)
     if settings.default_dirs:
         metas.extend(_entry_point_metas(manager))
     return metas
@@ -188,13 +216,19 @@ def make_gate(settings: Settings):
 
 
 class _ListHandler(logging.Handler):
-    def __init__(self, sink: list, plugin: str):
+    """Keeps a plugin's log records for the run report, and its warnings and errors for the task's result."""
+
+    def __init__(self, sink: list, plugin: str, alerts: list):
         super().__init__(logging.DEBUG)
         self.sink = sink
         self.plugin = plugin
+        self.alerts = alerts
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append({"plugin": self.plugin, "level": record.levelname.lower(), "message": record.getMessage()})
+        entry = {"plugin": self.plugin, "level": record.levelname.lower(), "message": record.getMessage()}
+        self.sink.append(entry)
+        if record.levelno >= logging.WARNING:
+            self.alerts.append(f"plugin {self.plugin}: {entry['message']}")
 
 
 class Session:
@@ -203,6 +237,7 @@ class Session:
         self.settings = settings
         self.rdir = rdir
         self.log: list = []
+        self.alerts: list = []   # this task's warnings and errors of the plugins' loggers
         self.records: list = []
         self.manager = PluginManager(host, settings.plugins, gate=make_gate(settings), logger=self._logger)
         self.state: dict = {}
@@ -210,7 +245,7 @@ class Session:
 
     def _logger(self, plugin: str) -> logging.Logger:
         logger = logging.getLogger(f"exliar.vfio.plugins.{plugin}.{self.host}")
-        logger.handlers = [_ListHandler(self.log, plugin)]
+        logger.handlers = [_ListHandler(self.log, plugin, self.alerts)]
         logger.propagate = False
         logger.setLevel(logging.DEBUG)
         return logger
@@ -277,7 +312,7 @@ class Session:
         return {
             "loaded": [n for n in self.manager.plugins if n not in self.manager.disabled],
             "rejected": dict(self.manager.rejected),
-            "warnings": sorted(set(self.manager.warnings + self.manager.warnings_of_plugins())),
+            "warnings": sorted(set(self.manager.warnings + self.manager.warnings_of_plugins())) + list(dict.fromkeys(self.alerts)),
             "failures": [f.as_dict() for f in self.manager.failures],
             "calls": len(self.manager.calls),
         }
@@ -332,6 +367,18 @@ class Session:
         """``on_post_bootloader_update`` with what the next boot gets, after the edit and the tool ran."""
         self._stage_services(facts)
         self.manager.invoke_hook("on_post_bootloader_update", bootloader)
+
+    def pre_vm_start(self, facts: dict, vm_config: "api.VmConfig") -> "api.VmConfig":
+        """``on_pre_vm_start``: each plugin may change the VM's configuration in turn; returns the
+        configuration to define (a plugin's change is kept only when it returned cleanly and holds
+        ``vm:modify``)."""
+        self._stage_services(facts)
+        return self.manager.invoke_hook_mut("on_pre_vm_start", vm_config)
+
+    def post_vm_shutdown(self, facts: dict, vm_stats: "api.VmStats") -> None:
+        """``on_post_vm_shutdown`` with what the VM stage measured of one VM run."""
+        self._stage_services(facts)
+        self.manager.invoke_hook("on_post_vm_shutdown", vm_stats)
 
     def unjournaled_records(self) -> list:
         """Plugin operations the host's journal has not received yet."""

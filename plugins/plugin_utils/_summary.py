@@ -118,6 +118,29 @@ def render_bootloader(bl: dict) -> list:
     return lines
 
 
+def render_vms(vms: list) -> list:
+    """The VM stage: each domain, what it receives, what plugins set, and its run's figures."""
+    lines = []
+    for vm in vms:
+        state = ("would be defined" if vm.get("preview") else "defined") if vm.get("defined") else "unchanged"
+        if vm.get("preview") and not vm.get("defined"):
+            state = "unchanged (preview)"
+        lines.append(f"  vm         {vm.get('name')}: {state}, {vm.get('domain_type') or '?'}, devices "
+                     f"{', '.join(vm.get('devices') or []) or 'none'}")
+        features = vm.get("features") or {}
+        if features:
+            shown = ", ".join(f"{k}={v}" if not isinstance(v, bool) else k for k, v in sorted(features.items()) if v)
+            by_plugins = vm.get("plugin_features") or []
+            lines.append(f"               features {shown}" + (f" (from plugins: {', '.join(by_plugins)})" if by_plugins else ""))
+        stats = vm.get("stats") or {}
+        if stats:
+            cpu = stats.get("cpu_time_seconds")
+            mem = stats.get("max_memory_mib")
+            lines.append(f"               ran {stats.get('runtime_seconds', 0):.1f} s ({stats.get('shutdown') or '?'}), CPU time "
+                         f"{'?' if cpu is None else f'{cpu:.1f} s'}, max memory {'?' if mem is None else f'{mem:.0f} MiB'}")
+    return lines
+
+
 def render_plugins(summary: dict) -> list:
     lines = []
     plugins = summary.get("plugins") or {}
@@ -148,6 +171,8 @@ def render_summary(results: dict, plugins: dict | None = None) -> str:
             out.extend(render_bind(r["bind"]))
         if r.get("bootloader"):
             out.extend(render_bootloader(r["bootloader"]))
+        if r.get("vms"):
+            out.extend(render_vms(r["vms"]))
         out.extend(render_plugins(plugins.get(host) or {}))
         if r.get("failed") and not (r.get("bind") or {}).get("status") == "refused":
             out.append(f"  FAILED     {r['failed']}")

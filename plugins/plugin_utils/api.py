@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ansible_collections.exliar.vfio.plugins.module_utils._gpu import vendor_of
 
-API_VERSION = (1, 0)
+API_VERSION = (1, 1)
 
 # The lifecycle, in the order the spec gives; a host runs these in this order.
 LIFECYCLE = (
@@ -98,6 +98,7 @@ class PciDevice:
     iommu_group: int | None = None
     vendor_name: str | None = None
     device_name: str | None = None
+    reset_methods: list | None = None   # the kernel's reset_method, in order (None: not read; API 1.1)
 
     def bdf(self) -> str:
         return self.address
@@ -112,7 +113,8 @@ class PciDevice:
     def from_fact(cls, d: dict) -> "PciDevice":
         return cls(address=d["address"], vendor_id=d.get("vendor_id"), device_id=d.get("device_id"),
                    class_code=d.get("class"), driver=d.get("driver"), iommu_group=d.get("iommu_group"),
-                   vendor_name=d.get("vendor_name"), device_name=d.get("device_name"))
+                   vendor_name=d.get("vendor_name"), device_name=d.get("device_name"),
+                   reset_methods=list(d["reset_methods"]) if isinstance(d.get("reset_methods"), list) else None)
 
 
 @dataclass
@@ -151,13 +153,20 @@ class BootloaderConfig:
 
 @dataclass
 class VmConfig:
-    """A VM as the VM stage will define it; ``on_pre_vm_start`` may change it."""
+    """A VM as the VM stage will define it; ``on_pre_vm_start`` may change it.
+
+    ``features`` holds what the domain XML renders: ``hypervisor_hidden`` (the guest's CPUID
+    hypervisor bit off), ``vendor_id`` (Hyper-V vendor id), ``kvm_hidden`` (KVM signature hidden).
+    ``monitor`` asks the VM stage to sample the VM's QEMU process on the host while it runs
+    (``request_sampling``); the samples come back in :class:`VmStats`. (API 1.1)
+    """
 
     name: str
     memory_mib: int = 4096
     vcpus: int = 4
     devices: list = field(default_factory=list)  # PciDevice / GpuDevice
     features: dict = field(default_factory=dict)
+    monitor: dict = field(default_factory=dict)
 
     def add_hypervisor_hidden(self, hidden: bool = True) -> None:
         self.features["hypervisor_hidden"] = bool(hidden)
@@ -170,14 +179,35 @@ class VmConfig:
     def add_kvm_hidden(self, hidden: bool = True) -> None:
         self.features["kvm_hidden"] = bool(hidden)
 
+    def request_sampling(self, interval_seconds: float = 1.0) -> None:
+        """Sample the VM's QEMU process (CPU, memory; GPU busy where the host driver exposes it)
+        every ``interval_seconds`` while the stage waits for the VM to shut down. (API 1.1)"""
+        try:
+            interval = float(interval_seconds)
+        except (TypeError, ValueError):
+            raise PluginError("request_sampling: interval_seconds must be a number") from None
+        if not 0.1 <= interval <= 3600:
+            raise PluginError("request_sampling: interval_seconds must be between 0.1 and 3600")
+        current = self.monitor.get("interval_seconds")
+        self.monitor["interval_seconds"] = interval if current is None else min(float(current), interval)
+
 
 @dataclass
 class VmStats:
+    """What the VM stage measured for one VM run, given to ``on_post_vm_shutdown``.
+
+    ``samples`` (API 1.1; only when a plugin asked with ``VmConfig.request_sampling``): one dict
+    per sample, ``{"t": seconds since start, "cpu_seconds": QEMU's CPU time so far, "rss_mib": its
+    resident memory, "gpu_busy": {address: percent}}`` (``gpu_busy`` only where readable).
+    """
+
     name: str
     runtime_seconds: float = 0.0
     cpu_time_seconds: float | None = None
     max_memory_mib: float | None = None
     gpu: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+    shutdown: str | None = None          # "shutdown" (the guest powered off), "timeout", "crashed", ...
 
 
 @dataclass

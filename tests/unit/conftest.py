@@ -65,3 +65,21 @@ def desktop_facts(desktop_root):
     from ansible_collections.exliar.vfio.plugins.module_utils._facts import gather_facts
 
     return gather_facts(str(desktop_root))
+
+
+@pytest.fixture
+def host_vars(tmp_path, monkeypatch):  # the built-in plugins' tests (tests/unit/builtin_plugins)
+    """``host_vars(builtins, config=None, **more)``: a host's variables with private config, cache and run directories."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXLIAR_VFIO_RUN_DIR", str(tmp_path / "run"))
+
+    def make(builtins, config=None, **more):
+        out = {"inventory_hostname": "h1", "vfio_plugin_default_dirs": False,
+               "vfio_plugin_approvals_file": str(tmp_path / "approvals.json"), "vfio_builtin_plugins": list(builtins)}
+        if config:
+            out["vfio_plugins"] = {name: {"config": section} for name, section in config.items()}
+        out.update(more)
+        return out
+
+    return make
