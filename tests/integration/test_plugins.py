@@ -30,11 +30,9 @@ from pathlib import Path
 import pytest
 
 from labrun import REPO, VENV_BIN, ansible_env, cached_facts, recap
+from plugin_install import install_plugins
 
-from ansible_collections.exliar.vfio.plugins.plugin_utils._manifest import load_manifest
-from ansible_collections.exliar.vfio.plugins.plugin_utils._security import Approvals, hash_manifest, plugin_digest
 
-PLUGIN_SOURCES = Path(__file__).resolve().parent / "plugins"
 HOSTS = ("single-gpu-desktop", "dual-identical-gt710-fedora", "server-bmc-vga")  # 1, 2 and 4 GPUs
 TOKEN = "set-in-on_load"
 LOADED = ["crasher", "emitter", "recorder", "sleeper"]
@@ -43,21 +41,6 @@ RESULT_LINE = re.compile(r"^(ok|changed|fatal): \[([^\]]+)\](?:: FAILED!)? => (\
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-def install_plugins(base: Path, names, approve) -> tuple:
-    """Copy test plugins into ``base/plugins`` (not writable by others) and approve ``approve``."""
-    pdir = base / "plugins"
-    pdir.mkdir(mode=0o755)
-    for name in names:
-        shutil.copytree(PLUGIN_SOURCES / name, pdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for path in [pdir, *pdir.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o022)
-    approvals = Approvals.load(base / "approvals.json")
-    for name in approve:
-        meta = load_manifest(pdir / name)
-        approvals.approve(meta, plugin_digest(hash_manifest(meta.path)), meta.permissions)
-    return pdir, base / "approvals.json"
-
 
 def run_lab(base: Path, hosts, extra_vars: dict) -> subprocess.CompletedProcess:
     """``ansible-playbook playbooks/vfio.yml -v`` on ``hosts``, with caches and config below ``base``."""

@@ -13,7 +13,6 @@ per hook call with the ``BootloaderConfig`` it got, then tampers with its copy i
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,12 +21,10 @@ import yaml
 
 from build_sysroot import build, profile_paths
 from labrun import VENV_BIN, cached_facts
+from plugin_install import install_plugins
 from sysroot_trees import Run, copy_root, private_work_dir
 
-from ansible_collections.exliar.vfio.plugins.plugin_utils._manifest import load_manifest
-from ansible_collections.exliar.vfio.plugins.plugin_utils._security import Approvals, hash_manifest, plugin_digest
 
-PLUGIN_SOURCES = Path(__file__).resolve().parent / "plugins"
 PROFILES = {p.stem: p for p in profile_paths()}
 DEBIAN = "apu-raven-rx580-debian"
 FEDORA = "desktop-intel-turing"
@@ -42,21 +39,6 @@ NEXT_BOOT = {
     "bls": ("root=UUID=3b5b0e8a-9a4c-4d62-9c1e-8b8e5f0c2a71 ro rootflags=subvol=root rhgb quiet intel_iommu=on "
             "rd.driver.pre=vfio-pci kvm.ignore_msrs=1 iommu=pt vfio-pci.ids=10de:10f9,10de:1ada,10de:1adb,10de:1f02"),
 }
-
-
-def install_plugins(base: Path, names) -> tuple:
-    """Copy test plugins into ``base/plugins`` (not writable by others) and approve them."""
-    pdir = base / "plugins"
-    pdir.mkdir(mode=0o755)
-    for name in names:
-        shutil.copytree(PLUGIN_SOURCES / name, pdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for path in [pdir, *pdir.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o022)
-    approvals = Approvals.load(base / "approvals.json")
-    for name in names:
-        meta = load_manifest(pdir / name)
-        approvals.approve(meta, plugin_digest(hash_manifest(meta.path)), meta.permissions)
-    return pdir, base / "approvals.json"
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import yaml
 
 from build_sysroot import build, profile_paths
 from labrun import VENV_BIN, cached_facts
+from plugin_install import install_plugins
 from sysroot_trees import Run, copy_root, differences, private_work_dir, tree
-from test_plugins_bootloader import install_plugins
 
 PROFILES = {p.stem: p for p in profile_paths()}
 FEDORA = "desktop-intel-turing"
