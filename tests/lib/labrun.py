@@ -27,12 +27,12 @@ def ansible_env(tmp: Path, **extra) -> dict:
     return env
 
 
-def run_playbook(tmp: Path, *args: str, inventory: Path | None = None, **env) -> subprocess.CompletedProcess:
+def run_playbook(tmp: Path, *args: str, inventory: Path | None = None, timeout: float = 900, **env) -> subprocess.CompletedProcess:
     cmd = [str(VENV_BIN / "ansible-playbook")]
     if inventory is not None:
         cmd += ["-i", str(inventory)]
     cmd += list(args)
-    return subprocess.run(cmd, cwd=REPO, env=ansible_env(tmp, **env), capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(cmd, cwd=REPO, env=ansible_env(tmp, **env), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def cached_facts(tmp: Path, host: str) -> dict:

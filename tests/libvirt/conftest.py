@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import gzip
-import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import tiny_guest
 
 from ansible_collections.exliar.vfio.plugins.module_utils import _vm_libvirt as libvirt
 
@@ -180,38 +178,11 @@ def guest_kernel() -> str:
     return ""
 
 
-def _is_static(path: str) -> bool:
-    """An ELF file without a PT_INTERP program header (no dynamic loader needed)."""
-    with open(path, "rb") as handle:
-        data = handle.read(1 << 16)
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def _newc(entries: list) -> bytes:
-    """A cpio archive in the kernel's ``newc`` format: (name, mode, data) entries, then the trailer."""
-    out = io.BytesIO()
-    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
-        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
-        out.write(b"\0" * (-out.tell() % 4) + data + b"\0" * (-len(data) % 4))
-    return out.getvalue()
-
-
 def build_initramfs(path: str, script: str) -> None:
-    busybox = shutil.which("busybox")
-    if busybox is None or not _is_static(busybox):
-        pytest.fail("no static busybox: run ./dev.sh libvirt (it installs busybox-static)")
-    with open(busybox, "rb") as handle:
-        binary = handle.read()
-    entries = [("bin", 0o040755, b""), ("dev", 0o040755, b""), ("proc", 0o040755, b""),
-               ("bin/busybox", 0o100755, binary), ("init", 0o100755, ("#!/bin/busybox sh\n" + script).encode())]
-    with open(path, "wb") as handle:
-        handle.write(gzip.compress(_newc(entries), compresslevel=1))
+    try:
+        tiny_guest.build_initramfs(path, script)
+    except tiny_guest.TinyGuestError as exc:
+        pytest.fail(f"{exc} (./dev.sh libvirt installs it)")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ those snapshots. Device addresses come from QEMU (QMP ``query-pci``) and are che
 """
 from __future__ import annotations
 
+import html
 import json
 import re
 import shlex
@@ -38,6 +39,24 @@ JOURNAL = "/var/lib/exliar-vfio/journal.jsonl"
 OWNED = (MODPROBE_CONF, OVERRIDE_SCRIPT, PLAN_RECORD)
 WATCHED_DIRS = ("/etc/modprobe.d", "/usr/local/sbin", "/var/lib/exliar-vfio")
 PLUGIN_SOURCES = Path(__file__).resolve().parent / "plugins"
+TINY_GUEST = Path(__file__).resolve().parents[1] / "lib" / "tiny_guest.py"
+# The VM stage in the guest: a nested guest (the guest's own kernel, a busybox initramfs) gets the bound GPU slot
+NESTED_VM = "exliar-nested"
+NESTED_DIR = "/var/lib/libvirt/images"
+NESTED_KERNEL = f"{NESTED_DIR}/{NESTED_VM}-vmlinuz"
+NESTED_INITRD = f"{NESTED_DIR}/{NESTED_VM}-initrd.gz"
+# The nested guest's /init powers off only when it finds the two functions where the VM stage put them: the
+# GPU and its audio as functions 0 and 1 of one slot on the domain's first root port (guest bus 01). Else it
+# waits, and the VM stage reports that the guest did not power off.
+NESTED_INIT = r"""/bin/busybox --install -s /bin
+mount -t sysfs sysfs /sys
+found() { cat /sys/bus/pci/devices/0000:01:00.$1/vendor /sys/bus/pci/devices/0000:01:00.$1/device 2>/dev/null | tr '\n' ' '; }
+echo "exliar-vfio nested guest: 01:00.0 $(found 0), 01:00.1 $(found 1)"
+if [ "$(found 0)" = "0x1234 0x1111 " ] && [ "$(found 1)" = "0x8086 0x293e " ]; then poweroff -f; fi
+echo "exliar-vfio nested guest: the passed-through functions are not at 01:00.0 and 01:00.1"
+sleep 100000
+"""
+NESTED_WAIT = 1500   # seconds: the nested guest's kernel boots under TCG inside TCG
 BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 # Run in the guest with python3 (part of the image): everything a user would look at, as JSON.
@@ -130,6 +149,8 @@ class Scenario:
         self.lspci: dict = {}      # vendor:device -> the addresses lspci shows for it
         self.connection: dict = {}  # the SSH connection's address, interface and PCI function (as the guest shows it)
         self.hook_log: Path | None = None   # the hook-log plugin's JSON lines, for the run that loads it
+        self.vm_hook_log: Path | None = None  # the same, for the run with the VM stage
+        self.vm_results: dict = {}  # step name -> the fact vfio_vm_results after it
 
     # -- reading the guest ------------------------------------------------------------------
     def state(self) -> dict:
@@ -155,7 +176,7 @@ class Scenario:
         self.steps[name] = step
         return step
 
-    def play(self, name: str, playbook: str, *args: str, **extra_vars) -> Step:
+    def play(self, name: str, playbook: str, *args: str, env: dict | None = None, timeout: float = 900, **extra_vars) -> Step:
         cmd = [playbook, *args]
         if playbook.endswith("vfio.yml"):
             # the binding stage alone: the initramfs and bootloader stages (an initramfs rebuild takes 3 to 5 min
@@ -165,15 +186,19 @@ class Scenario:
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
         t0 = time.monotonic()
-        proc = run_playbook(self.tmp, *cmd, inventory=self.inventory, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.tmp / "cp"))
+        proc = run_playbook(self.tmp, *cmd, inventory=self.inventory, timeout=timeout,
+                            ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.tmp / "cp"), **(env or {}))
         seconds = time.monotonic() - t0
         record_timing(f"{self.layout} bind: {name}", seconds)
         facts = None
         if playbook.endswith("vfio.yml"):
             try:
-                facts = cached_facts(self.tmp, self.host).get("vfio")
+                cached = cached_facts(self.tmp, self.host)
             except (OSError, ValueError):
-                facts = None
+                cached = {}
+            facts = cached.get("vfio")
+            if extra_vars.get("vfio_vms"):
+                self.vm_results[name] = cached.get("vfio_vm_results")
         step = Step(name=name, proc=proc, seconds=seconds, state=self.state(), facts=facts,
                     command=["ansible-playbook", *cmd])
         self.vm.note(f"{name}: rc {proc.returncode} in {seconds:.1f} s; recap {recap(proc.stdout).get(self.host)}")
@@ -258,6 +283,14 @@ def softdeps_expected(facts: dict, addresses: list) -> list:
     return [f"softdep {m} pre: vfio-pci" for m in sorted(modules)]
 
 
+def prepare_nested_guest() -> str:
+    """The command that puts the nested guest's kernel (the guest's own) and initramfs (built by the guest's
+    python3 from its busybox) where libvirt's QEMU user can read them."""
+    build = "python3 -c " + shlex.quote(TINY_GUEST.read_text())
+    return (f"set -e; install -d -m 0755 {NESTED_DIR}; install -m 0644 /boot/vmlinuz-$(uname -r) {NESTED_KERNEL}; "
+            f"{build} {NESTED_INITRD} <<'EOF'\n{NESTED_INIT}EOF\nchmod 0644 {NESTED_INITRD}; ls -l {NESTED_DIR}")
+
+
 def new_kernel_lines(before: dict, after: dict) -> list:
     seen = set(before["dmesg"])
     return [line for line in after["dmesg"] if line not in seen]
@@ -302,6 +335,25 @@ class TestBindGpuWithAudio:
                 vfio_plugin_dirs=[str(pdir)], vfio_plugin_approvals_file=str(approvals), vfio_plugin_default_dirs=False,
                 vfio_plugins={"hook-log": {"config": {"log": str(sc.hook_log)}}})
         sc.play("bind again", "playbooks/vfio.yml", vfio_devices=[gpu], vfio_allow_boot_display=True)
+        # the VM stage: libvirt in the guest defines and runs a nested guest with the bound slot, the built-in
+        # performance monitor samples it, hook-log records the VM hooks
+        sc.sh("nested guest files", prepare_nested_guest())
+        sc.vm_hook_log = sc.tmp / "vm-hooks.jsonl"
+        nested = {"name": NESTED_VM, "memory_mib": 192, "vcpus": 1, "firmware": "bios", "kernel": NESTED_KERNEL,
+                  "initrd": NESTED_INITRD, "cmdline": "console=ttyS0 quiet panic=-1", "devices": [gpu],
+                  "start": True, "wait_timeout": NESTED_WAIT}
+        sc.play("vm", "playbooks/vfio.yml", vfio_devices=[gpu], vfio_allow_boot_display=True, vfio_vms=[nested],
+                vfio_builtin_plugins=["performance-monitor"], vfio_plugin_dirs=[str(pdir)],
+                vfio_plugin_approvals_file=str(approvals), vfio_plugin_default_dirs=False,
+                vfio_plugins={"hook-log": {"config": {"log": str(sc.vm_hook_log)}},
+                              "performance-monitor": {"config": {"interval_seconds": 2}}},
+                env={"EXLIAR_VFIO_REPORT_DIR": str(sc.tmp / "report-vm")}, timeout=NESTED_WAIT + 900)
+        # a nested guest left running (the stage timed out) would hold the devices and block the restore
+        sc.sh("nested guest stopped", f"virsh destroy {NESTED_VM} >/dev/null 2>&1; virsh domstate {NESTED_VM}")
+        sc.sh("nested guest QEMU log", f"cat /var/log/libvirt/qemu/{NESTED_VM}.log")
+        sc.sh("nested guest domain", f"virsh dumpxml --inactive {NESTED_VM}")
+        sc.play("vm again", "playbooks/vfio.yml", vfio_devices=[gpu], vfio_allow_boot_display=True,
+                vfio_vms=[dict(nested, start=False)])
         sc.play("restore --check --diff", "playbooks/restore.yml", "--check", "--diff")
         sc.play("restore", "playbooks/restore.yml")
         sc.play("restore again", "playbooks/restore.yml")
@@ -444,6 +496,69 @@ class TestBindGpuWithAudio:
         assert counts["changed"] == 0 and counts["failed"] == 0, counts
         assert_unchanged(scenario.steps["bind"].state, step.state, "second run")
 
+    # -- the VM stage: a nested guest with the bound slot --------------------------------------------
+    def test_the_vm_stage_runs_the_nested_guest_to_its_own_power_off(self, scenario):
+        """The nested guest's /init powers off only when it sees the GPU and its audio at 01:00.0 and 01:00.1:
+        a shutdown (not a timeout) is the nested guest's own word that the passthrough reached it."""
+        step = scenario.steps["vm"]
+        assert scenario.checks["nested guest files"].returncode == 0, scenario.checks["nested guest files"].stderr
+        assert step.proc.returncode == 0, step.output[-6000:]
+        counts = scenario.counts("vm")
+        assert counts["changed"] >= 1 and counts["failed"] == 0, counts
+        gpu, audio = scenario.addresses["gpu"], scenario.addresses["audio"]
+        (result,) = scenario.vm_results["vm"]
+        assert result["name"] == NESTED_VM and result["defined"] and result["started"], result
+        assert result["domain_type"] == "qemu", result            # no /dev/kvm in a TCG guest: auto chose qemu
+        assert result["devices"] == [gpu, audio], result          # the GPU brought its audio function
+        stats = result["stats"]
+        assert stats["shutdown"] == "shutdown", stats
+        assert 0 < stats["runtime_seconds"] < NESTED_WAIT and stats["cpu_time_seconds"] > 0, stats
+        assert stats["max_memory_mib"] > 16 and stats["samples"], stats
+        assert f"vm         {NESTED_VM}: defined, qemu, devices {gpu}, {audio}" in step.proc.stdout, step.output[-4000:]
+        assert scenario.checks["nested guest stopped"].stdout.strip() == "shut off"
+        record_timing("gpu-audio bind: nested guest runtime (stats)", stats["runtime_seconds"])
+
+    def test_qemu_in_the_guest_took_both_functions_through_vfio(self, scenario):
+        """libvirt's QEMU log in the guest: one vfio-pci device per function, on the guest slot the domain gives them."""
+        log = scenario.checks["nested guest QEMU log"].stdout
+        for addr in (scenario.addresses["gpu"], scenario.addresses["audio"]):
+            assert re.search(rf'"driver":"vfio-pci","host":"{re.escape(addr)}"', log) or f"vfio-pci,host={addr}" in log, log[-4000:]
+        assert "shutting down, reason=shutdown" in log, log[-3000:]
+        xml = scenario.checks["nested guest domain"].stdout
+        hostdevs = re.findall(r"<hostdev mode='subsystem' type='pci' managed='no'>.*?</hostdev>", xml, re.S)
+        assert len(hostdevs) == 2, xml
+        assert "bus='0x01' slot='0x00' function='0x0' multifunction='on'" in hostdevs[0], hostdevs[0]
+        assert "bus='0x01' slot='0x00' function='0x1'" in hostdevs[1], hostdevs[1]
+
+    def test_the_vm_hooks_get_the_vm_and_its_measured_run(self, scenario):
+        calls = [json.loads(line) for line in scenario.vm_hook_log.read_text().splitlines()]
+        hooks = [c["hook"] for c in calls]
+        assert hooks[0] == "on_load" and hooks[-2:] == ["on_cleanup", "on_unload"], hooks
+        assert hooks.index("on_gpu_detected") < hooks.index("on_pre_vm_start") < hooks.index("on_post_vm_shutdown"), hooks
+        (pre,) = [c["detail"] for c in calls if c["hook"] == "on_pre_vm_start"]
+        assert pre == {"name": NESTED_VM, "devices": sorted([scenario.addresses["gpu"], scenario.addresses["audio"]]),
+                       "memory_mib": 192, "vcpus": 1}
+        (post,) = [c["detail"] for c in calls if c["hook"] == "on_post_vm_shutdown"]
+        stats = scenario.vm_results["vm"][0]["stats"]
+        assert post["name"] == NESTED_VM and post["shutdown"] == "shutdown" and post["samples"] == len(stats["samples"])
+        assert post["runtime_seconds"] == stats["runtime_seconds"]
+        # the built-in performance monitor got the same figures: its panel in the run report
+        (report,) = (scenario.tmp / "report-vm").glob("run-*.html")
+        text = html.unescape(report.read_text())
+        assert "<h3>Performance</h3>" in text and NESTED_VM in text, text[-4000:]
+        assert re.search(r"Runtime: \d+s, Avg GPU Usage: [^,]+, Avg CPU: \d+(\.\d+)?%, Max Memory: \d+MB, \d+ samples, "
+                         r"ended: shutdown", text), text[-4000:]
+
+    def test_vm_stage_again_changes_nothing(self, scenario):
+        step = scenario.steps["vm again"]
+        assert step.proc.returncode == 0, step.output[-4000:]
+        counts = scenario.counts("vm again")
+        assert counts["changed"] == 0 and counts["failed"] == 0, counts
+        (result,) = scenario.vm_results["vm again"]
+        assert not result["defined"] and not result["started"], result
+        assert f"vm         {NESTED_VM}: unchanged, qemu" in step.proc.stdout
+        assert_unchanged(scenario.steps["vm"].state, step.state, "the VM stage again")
+
     # -- restore -----------------------------------------------------------------------------------
     def test_restore_in_check_mode_shows_the_diff_and_changes_nothing(self, scenario):
         step = scenario.steps["restore --check --diff"]
@@ -453,7 +568,7 @@ class TestBindGpuWithAudio:
         for addr in (scenario.addresses["gpu"], scenario.addresses["audio"]):
             old = scenario.steps["before"].state["drivers"][addr]
             assert re.search(rf"^\+{re.escape(addr)} {re.escape(old)}$", step.proc.stdout, re.M), step.output[-4000:]
-        assert_unchanged(scenario.steps["bind again"].state, step.state, "restore --check --diff")
+        assert_unchanged(scenario.steps["vm again"].state, step.state, "restore --check --diff")
 
     def test_restore_gives_the_devices_back_and_removes_the_file(self, scenario):
         step = scenario.steps["restore"]

@@ -59,6 +59,10 @@ SUITE = "bookworm"
 PACKAGES = (
     "linux-image-amd64", "systemd-sysv", "udev", "kmod", "dbus", "pciutils", "initramfs-tools", "zstd",
     "e2fsprogs", "dosfstools", "grub-efi-amd64", "efibootmgr", "openssh-server", "python3", "iproute2", "procps",
+    # the VM stage in the guest: libvirt and QEMU run a nested guest with the guest's vfio-bound devices,
+    # which boots the guest's own kernel with a busybox initramfs
+    "libvirt-daemon-system", "libvirt-clients", "libvirt-daemon-driver-qemu", "qemu-system-x86", "busybox-static",
+    "libpam-systemd",  # provides logind, which polkitd (a dependency of libvirt-daemon-system) needs; debootstrap skips virtual packages
 )
 KERNEL_PARAMS = "no_timer_check console=ttyS0 intel_iommu=on"
 GUEST_MAC = "52:54:00:12:34:56"
@@ -125,6 +129,8 @@ update-grub
 grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram
 apt-get clean
 systemctl disable --now apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
+# libvirtd stays socket-activated: nothing starts it at boot (libvirt-guests would), the VM stage's first virsh call does
+systemctl disable libvirt-guests.service 2>/dev/null || true
 uname -r > /root/.kernel-release
 sync
 """
