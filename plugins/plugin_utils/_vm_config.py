@@ -11,11 +11,9 @@ guest gets the card with the topology it has on the host.
 """
 from __future__ import annotations
 
-import re
-
+from ansible_collections.exliar.vfio.plugins.module_utils._selection import SelectionError, normalize_address
 from ansible_collections.exliar.vfio.plugins.plugin_utils import api
 
-BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 # What the module takes besides the devices and what the hooks may change.
 SPEC_KEYS = ("firmware", "loader", "nvram_template", "machine", "domain_type", "disks", "kernel", "initrd", "cmdline",
              "start", "wait", "wait_timeout")
@@ -23,13 +21,6 @@ SPEC_KEYS = ("firmware", "loader", "nvram_template", "machine", "domain_type", "
 
 class VmSpecError(ValueError):
     """A ``vfio_vms`` entry the stage cannot use; the message says what to change."""
-
-
-def canonical(address: str) -> str | None:
-    m = BDF.match(str(address).strip())
-    if not m:
-        return None
-    return f"{(m.group(1) or '0000').lower()}:{m.group(2).lower()}:{m.group(3).lower()}.{m.group(4)}"
 
 
 def _slot(address: str) -> str:
@@ -55,10 +46,11 @@ def resolve_devices(vm_name: str, refs, plan: dict | None) -> list:
         if raw == "all":
             out.update(selected)
             continue
-        addr = canonical(raw) if isinstance(raw, str) else None
-        if addr is None:
+        try:
+            addr = normalize_address(raw)
+        except SelectionError as exc:
             raise VmSpecError(f"VM {vm_name}: devices entry {n} ({ref!r}) is not a PCI address like 0000:01:00.0 "
-                              f"or 'all'")
+                              f"or 'all'") from exc
         if addr not in selected:
             raise VmSpecError(f"VM {vm_name}: {addr} is not among the devices the binding stage selected on this host "
                               f"({', '.join(selected)}); add it to vfio_devices, or fix the address")

@@ -40,15 +40,15 @@ class HookLog(api.VfioPlugin):
     def on_post_initramfs_update(self, ctx):
         self._log(ctx, "on_post_initramfs_update")
 
-    def on_pre_vm_start(self, ctx, vm):
-        self._log(ctx, "on_pre_vm_start", {"name": vm.name, "devices": sorted(d.address for d in vm.devices),
-                                           "memory_mib": vm.memory_mib, "vcpus": vm.vcpus})
+    def on_pre_vm_start(self, ctx, vm_config):
+        self._log(ctx, "on_pre_vm_start", {"name": vm_config.name, "devices": sorted(d.address for d in vm_config.devices),
+                                           "memory_mib": vm_config.memory_mib, "vcpus": vm_config.vcpus})
 
-    def on_post_vm_shutdown(self, ctx, stats):
-        self._log(ctx, "on_post_vm_shutdown", {"name": stats.name, "shutdown": stats.shutdown,
-                                               "runtime_seconds": stats.runtime_seconds,
-                                               "cpu_time_seconds": stats.cpu_time_seconds,
-                                               "max_memory_mib": stats.max_memory_mib, "samples": len(stats.samples)})
+    def on_post_vm_shutdown(self, ctx, vm_stats):
+        self._log(ctx, "on_post_vm_shutdown", {"name": vm_stats.name, "shutdown": vm_stats.shutdown,
+                                               "runtime_seconds": vm_stats.runtime_seconds,
+                                               "cpu_time_seconds": vm_stats.cpu_time_seconds,
+                                               "max_memory_mib": vm_stats.max_memory_mib, "samples": len(vm_stats.samples)})
 
     def on_cleanup(self, ctx):
         self._log(ctx, "on_cleanup")
