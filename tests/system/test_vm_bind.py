@@ -56,7 +56,7 @@ if [ "$(found 0)" = "0x1234 0x1111 " ] && [ "$(found 1)" = "0x8086 0x293e " ]; t
 echo "exliar-vfio nested guest: the passed-through functions are not at 01:00.0 and 01:00.1"
 sleep 100000
 """
-NESTED_WAIT = 1500   # seconds: the nested guest's kernel boots under TCG inside TCG
+NESTED_WAIT = 1200   # seconds: the nested guest's kernel boots under TCG inside TCG (about 330 s)
 BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 # Run in the guest with python3 (part of the image): everything a user would look at, as JSON.
@@ -241,7 +241,8 @@ def scenario(request, guest_image, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"vm-bind-{layout}")
     watch = FailureWatch(request)
     t0 = time.monotonic()
-    with vmlib.VM(guest_image, layout, name=f"{layout}-bind") as vm:
+    # QEMU's own time limit: the whole scenario, with room for a VM stage that waits out its timeout
+    with vmlib.VM(guest_image, layout, name=f"{layout}-bind", timeout=getattr(request.cls, "QEMU_TIMEOUT", 1800)) as vm:
         vm.wait_ssh()
         record_timing(f"{layout} bind: boot to SSH", time.monotonic() - t0)
         sc = Scenario(layout, vm, tmp, host)
@@ -321,6 +322,7 @@ class TestBindGpuWithAudio:
     ``vfio_allow_boot_display: true`` (the guest's console is the serial port)."""
 
     LAYOUT = "gpu-audio"
+    QEMU_TIMEOUT = 3600   # about 12 min in all, of which the nested guest runs about 6; NESTED_WAIT bounds it
 
     @staticmethod
     def drive(sc: Scenario) -> None:
