@@ -290,7 +290,17 @@ for dev in $DEVS; do
         echo vfio-pci > "/sys/bus/pci/devices/$dev/driver_override"
     fi
 done
-modprobe --ignore-install vfio-pci "$@" || exit $?
+# Load vfio-pci itself without running this install command again: kmod's modprobe --ignore-install.
+# An initramfs with busybox can give the name modprobe to busybox's, which has no such option; kmod
+# acts by the name it is called with, so it is then called through a link named modprobe in /run.
+kmod_modprobe() {{
+    case "$(modprobe --help 2>&1)" in
+        *--ignore-install*) modprobe "$@"; return ;;
+    esac
+    kmod=$(command -v kmod) || {{ echo "exliar-vfio: no kmod to load vfio-pci with" >&2; return 1; }}
+    mkdir -p /run/exliar-vfio && ln -sf "$kmod" /run/exliar-vfio/modprobe && /run/exliar-vfio/modprobe "$@"
+}}
+kmod_modprobe --ignore-install vfio-pci "$@" || exit $?
 for dev in $DEVS; do
     if [ -e "/sys/bus/pci/devices/$dev" ] && [ ! -e "/sys/bus/pci/devices/$dev/driver" ]; then
         echo "$dev" > /sys/bus/pci/drivers_probe 2>/dev/null || true

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -439,12 +440,50 @@ def test_the_override_script_passes_sh_n(tmp_path, by_addr):
     path.write_text(text)
     assert text.startswith("#!/bin/sh\n")
     assert f'DEVS="{" ".join(by_addr)}"' in text
-    assert 'modprobe --ignore-install vfio-pci "$@"' in text
+    assert 'kmod_modprobe --ignore-install vfio-pci "$@" || exit $?' in text
     for shell in ("sh", "bash", "dash"):
         if shutil.which(shell) is None:
             continue
         proc = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (shell, proc.stderr)
+
+
+def _kmod_modprobe(tmp_path, modprobe: str, *args: str) -> subprocess.CompletedProcess:
+    """The override script's kmod_modprobe function, run by sh with ``modprobe`` first on PATH; its link
+    directory (/run/exliar-vfio in the script) moved into tmp_path."""
+    text = render_override_script(["0000:ee:00.0"])
+    function = text[text.index("kmod_modprobe() {"):text.index("\n}\n") + 3].replace("/run/exliar-vfio", str(tmp_path / "run"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "modprobe").symlink_to(modprobe)
+    env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    return subprocess.run(["sh", "-c", function + 'kmod_modprobe "$@"', "sh", *args], capture_output=True, text=True, env=env,
+                          check=False)
+
+
+def test_the_override_script_loads_vfio_pci_with_kmod_where_modprobe_is_busybox(tmp_path):
+    """An initramfs with busybox (Debian and Ubuntu with the busybox package) can name busybox's modprobe
+    modprobe; it has no --ignore-install, so the script calls kmod through a link named modprobe."""
+    kmod = shutil.which("kmod")
+    if kmod is None:
+        pytest.skip("kmod is not installed")
+    fake_busybox = tmp_path / "busybox-modprobe"
+    fake_busybox.write_text("#!/bin/sh\necho 'Usage: modprobe [-alrqvsDb] MODULE [SYMBOL=VALUE]...' >&2\nexit 1\n")
+    fake_busybox.chmod(0o755)
+    busybox = shutil.which("busybox") or str(fake_busybox)   # the real one where it is installed
+    proc = _kmod_modprobe(tmp_path, busybox, "--ignore-install", "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("kmod version"), proc.stdout
+    assert os.readlink(tmp_path / "run" / "modprobe") == kmod
+
+
+def test_the_override_script_uses_modprobe_itself_where_it_is_kmod(tmp_path):
+    kmod = shutil.which("kmod")
+    if kmod is None:
+        pytest.skip("kmod is not installed")
+    proc = _kmod_modprobe(tmp_path, kmod, "--ignore-install", "--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("kmod version"), proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_rendered_plan_script_passes_sh_n(lab_facts, tmp_path):
